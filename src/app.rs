@@ -1,0 +1,137 @@
+//! Application wiring: the shared state, the background tasks, and `serve`, which runs the
+//! HTTP service on a bound listener until a shutdown future resolves.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::ClientAdmin;
+use crate::cache::KeyCache;
+use crate::change_feed::ChangeFeed;
+use crate::config::ServeConfig;
+use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter};
+use crate::metrics::Metrics;
+use crate::storage::Store;
+use crate::usage::UsageRecorder;
+use crate::verifier::Verifier;
+
+/// Everything a request handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub admin: Arc<ClientAdmin>,
+    pub verifier: Arc<Verifier>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub failed_auth: Arc<FailedAuthLimiter>,
+    pub metrics: Arc<Metrics>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpAddr]>,
+}
+
+const CHANGE_POLL: Duration = Duration::from_millis(500);
+/// `last_used_at` may lag by at most 10 s; flushing every 5 s leaves room for a slow write.
+const USAGE_FLUSH: Duration = Duration::from_secs(5);
+const SWEEP: Duration = Duration::from_secs(60);
+const CHANGE_RETENTION: chrono::Duration = chrono::Duration::hours(1);
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish, stops the background
+/// tasks and writes the last `last_used_at` batch.
+pub async fn serve(
+    config: &ServeConfig,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cache = KeyCache::new(config.cache_capacity, config.cache_ttl);
+    let usage = UsageRecorder::default();
+    let metrics = Arc::new(Metrics::default());
+    let limiter: Arc<dyn RateLimiter> = Arc::new(LocalRateLimiter::default());
+    let failed_auth = Arc::new(FailedAuthLimiter::default());
+    let feed = ChangeFeed::start(store.clone(), cache.clone()).await?;
+    let state = AppState {
+        admin: Arc::new(ClientAdmin::new(store.clone(), cache.clone())),
+        verifier: Arc::new(Verifier::new(
+            store.clone(),
+            cache.clone(),
+            usage.clone(),
+            metrics.clone(),
+            config.admin_token.as_ref(),
+        )),
+        store: store.clone(),
+        limiter: limiter.clone(),
+        failed_auth: failed_auth.clone(),
+        metrics,
+        trusted_proxies: config.trusted_proxies.clone().into(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let background = tokio::spawn(run_background(
+        store.clone(),
+        feed,
+        cache,
+        usage.clone(),
+        limiter,
+        failed_auth,
+        stopped,
+    ));
+
+    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+
+    let _ = stop.send(true);
+    if let Err(e) = background.await {
+        tracing::error!(error = %e, "background task failed");
+    }
+    if let Err(e) = usage.flush(store.as_ref()).await {
+        tracing::error!(error = %e, "could not record last use at shutdown");
+    }
+    served?;
+    Ok(())
+}
+
+/// Periodic work: follow the change log, flush uses, sweep limiter and cache state.
+async fn run_background(
+    store: Arc<dyn Store>,
+    mut feed: ChangeFeed,
+    cache: KeyCache,
+    usage: UsageRecorder,
+    limiter: Arc<dyn RateLimiter>,
+    failed_auth: Arc<FailedAuthLimiter>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    let mut flush = tokio::time::interval(USAGE_FLUSH);
+    let mut sweep = tokio::time::interval(SWEEP);
+    for timer in [&mut poll, &mut flush, &mut sweep] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = poll.tick() => {
+                if let Err(e) = feed.poll().await {
+                    tracing::warn!(error = %e, "could not read the change log");
+                }
+            }
+            _ = flush.tick() => {
+                if let Err(e) = usage.flush(store.as_ref()).await {
+                    tracing::warn!(error = %e, "could not record last use");
+                }
+            }
+            _ = sweep.tick() => {
+                let now = crate::domain::now();
+                limiter.sweep(now);
+                failed_auth.sweep(now);
+                cache.prune();
+                if let Err(e) = store.prune_changes(now - CHANGE_RETENTION).await {
+                    tracing::warn!(error = %e, "could not prune the change log");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The verification cache: key id → the client that owns it, so a warm key costs no database
+//! round trip. Bounded in size, entries live at most `ttl`, and a change to a client makes its
+//! entries stale at once.
+//!
+//! Invalidation is by client id and never misses a load racing with it: every entry remembers
+//! the invalidation epoch at which its database read *started*; invalidating a client bumps
+//! the epoch and notes it for that client, so an entry read before the change is stale even if
+//! it is inserted after it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::domain::api_key::KeyId;
+use crate::domain::client::{Client, ClientId};
+
+#[derive(Clone)]
+pub struct KeyCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    entries: quick_cache::sync::Cache<KeyId, Entry>,
+    ttl: Duration,
+    epoch: AtomicU64,
+    /// Clients invalidated recently, with the epoch of their invalidation. Pruned after `ttl`,
+    /// when every entry loaded before it has expired anyway.
+    invalidated: RwLock<HashMap<ClientId, (u64, Instant)>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    client: Arc<Client>,
+    loaded_at: Instant,
+    epoch: u64,
+}
+
+/// Marks the start of a database read whose result may be cached.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTicket(u64);
+
+impl KeyCache {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        KeyCache {
+            inner: Arc::new(Inner {
+                entries: quick_cache::sync::Cache::new(capacity.max(1)),
+                ttl,
+                epoch: AtomicU64::new(0),
+                invalidated: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The client owning `key_id`, if a fresh entry is cached.
+    pub fn get(&self, key_id: &KeyId) -> Option<Arc<Client>> {
+        let entry = self.inner.entries.get(key_id)?;
+        if entry.loaded_at.elapsed() >= self.inner.ttl || self.invalidated_since(&entry) {
+            self.inner.entries.remove(key_id);
+            return None;
+        }
+        Some(entry.client)
+    }
+
+    /// Call before reading the database; hand the ticket to `insert` with the result.
+    pub fn ticket(&self) -> LoadTicket {
+        LoadTicket(self.inner.epoch.load(Ordering::Acquire))
+    }
+
+    pub fn insert(&self, key_id: KeyId, client: Arc<Client>, ticket: LoadTicket) {
+        let entry = Entry {
+            client,
+            loaded_at: Instant::now(),
+            epoch: ticket.0,
+        };
+        self.inner.entries.insert(key_id, entry);
+    }
+
+    /// Makes every cached entry of `client_id` stale now.
+    pub fn invalidate(&self, client_id: &ClientId) {
+        let mut invalidated = self
+            .inner
+            .invalidated
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        invalidated.insert(client_id.clone(), (epoch, Instant::now()));
+    }
+
+    /// Drops everything (used when change notifications may have been missed).
+    pub fn clear(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inner.entries.clear();
+    }
+
+    /// Forgets invalidation marks older than the TTL; run periodically.
+    pub fn prune(&self) {
+        let ttl = self.inner.ttl;
+        let mut invalidated = self
+            .inner
+            .invalidated
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        invalidated.retain(|_, (_, at)| at.elapsed() < ttl);
+    }
+
+    fn invalidated_since(&self, entry: &Entry) -> bool {
+        // Fast path: nothing was invalidated since this entry's read began.
+        if entry.epoch == self.inner.epoch.load(Ordering::Acquire) {
+            return false;
+        }
+        let invalidated = self
+            .inner
+            .invalidated
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        invalidated
+            .get(&entry.client.client_id)
+            .is_some_and(|(epoch, _)| *epoch > entry.epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::api_key;
+    use crate::domain::client::{ClientDraft, NewClient};
+
+    fn client() -> (KeyId, Arc<Client>) {
+        let key = api_key::generate().unwrap();
+        let now = crate::domain::now();
+        let draft = ClientDraft {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let client = NewClient::validate(draft, now).unwrap().into_client(
+            ClientId::generate().unwrap(),
+            &key,
+            now,
+        );
+        (key.key_id, Arc::new(client))
+    }
+
+    #[test]
+    fn a_cached_client_is_returned_until_invalidated() {
+        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let (key_id, c) = client();
+        cache.insert(key_id, c.clone(), cache.ticket());
+        assert!(cache.get(&key_id).is_some());
+        cache.invalidate(&c.client_id);
+        assert!(cache.get(&key_id).is_none());
+    }
+
+    #[test]
+    fn a_load_racing_an_invalidation_is_not_served() {
+        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let (key_id, c) = client();
+        let ticket = cache.ticket();
+        cache.invalidate(&c.client_id); // the change lands while the read is in flight
+        cache.insert(key_id, c, ticket);
+        assert!(cache.get(&key_id).is_none());
+    }
+
+    #[test]
+    fn invalidating_one_client_keeps_the_others() {
+        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let (k1, c1) = client();
+        let (k2, c2) = client();
+        cache.insert(k1, c1.clone(), cache.ticket());
+        cache.insert(k2, c2, cache.ticket());
+        cache.invalidate(&c1.client_id);
+        assert!(cache.get(&k1).is_none());
+        assert!(cache.get(&k2).is_some());
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let cache = KeyCache::new(10, Duration::ZERO);
+        let (key_id, c) = client();
+        cache.insert(key_id, c, cache.ticket());
+        assert!(cache.get(&key_id).is_none());
+    }
+}

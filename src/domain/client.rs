@@ -1,0 +1,596 @@
+//! Clients: who may call the relay, with which scopes, at what rate, until when; and the
+//! rules for creating, changing and re-keying them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Map, Value, json};
+
+use super::api_key::{KeyHash, KeyId, NewKey, PresentedKey};
+use super::{Error, FieldError, scope};
+
+pub const DEFAULT_RATE_LIMIT: i64 = 100;
+const MAX_RATE_LIMIT: i64 = 1_000_000;
+const MAX_NAME_CHARS: usize = 255;
+const MAX_METADATA_BYTES: usize = 4096;
+/// Longest grace period for an old key after regeneration: one week.
+pub const MAX_GRACE_SECONDS: u32 = 604_800;
+
+/// `client_` + 16 lowercase hex, the shape the original service used. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+impl ClientId {
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes)?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(ClientId(format!("client_{hex}").into()))
+    }
+
+    /// Wraps an id read from storage or a request path; it is looked up, never trusted.
+    pub fn new(id: &str) -> Self {
+        ClientId(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key the store holds for a client: its public id and the hash of the whole key.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredKey {
+    pub key_id: KeyId,
+    pub hash: KeyHash,
+}
+
+/// The key replaced by a regeneration with a grace period, valid until `expires_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct PreviousKey {
+    pub key: StoredKey,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Internal row id: the tie-breaker of list order, never shown.
+    pub row_id: i64,
+    pub client_id: ClientId,
+    pub name: String,
+    /// Sorted. Adopted rows are kept as stored even where today's rules would refuse them.
+    pub scopes: Vec<String>,
+    /// Requests per minute.
+    pub rate_limit: i64,
+    pub enabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: Map<String, Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// `None` for an adopted client whose legacy key has not been replaced yet.
+    pub key: Option<StoredKey>,
+    pub previous_key: Option<PreviousKey>,
+}
+
+/// Whether a client may authenticate now, in the order verification reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStatus {
+    Active,
+    Disabled,
+    Expired,
+}
+
+impl Client {
+    pub fn status(&self, now: DateTime<Utc>) -> ClientStatus {
+        if !self.enabled {
+            ClientStatus::Disabled
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            ClientStatus::Expired
+        } else {
+            ClientStatus::Active
+        }
+    }
+
+    /// True when `presented` is this client's current key, or its previous key while the
+    /// grace period lasts.
+    pub fn accepts_key(&self, presented: &PresentedKey, now: DateTime<Utc>) -> bool {
+        let is = |k: &StoredKey| k.key_id == presented.key_id && k.hash.matches(&presented.hash);
+        self.key.as_ref().is_some_and(is)
+            || self
+                .previous_key
+                .as_ref()
+                .is_some_and(|p| p.expires_at > now && is(&p.key))
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    pub fn key_prefix(&self) -> Option<String> {
+        self.key.map(|k| k.key_id.key_prefix())
+    }
+
+    /// Requests per minute for the limiter; adopted rows may hold values today's rules refuse.
+    pub fn effective_rate_limit(&self) -> u32 {
+        u32::try_from(self.rate_limit.clamp(1, MAX_RATE_LIMIT)).unwrap_or(1)
+    }
+
+    /// The settings recorded in the audit log at creation and deletion.
+    pub fn settings(&self) -> Value {
+        json!({
+            "name": self.name,
+            "scopes": self.scopes,
+            "rate_limit": self.rate_limit,
+            "enabled": self.enabled,
+            "expires_at": self.expires_at,
+            "metadata": self.metadata,
+        })
+    }
+}
+
+/// What an admin asks for when creating a client, before validation.
+#[derive(Debug, Default, Clone)]
+pub struct ClientDraft {
+    pub name: String,
+    pub scopes: Option<Vec<String>>,
+    pub rate_limit: Option<i64>,
+    pub expires_at: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+/// What an admin asks to change, before validation. `expires_at: Some(None)` clears it.
+#[derive(Debug, Default, Clone)]
+pub struct ClientChanges {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_limit: Option<i64>,
+    pub enabled: Option<bool>,
+    pub expires_at: Option<Option<String>>,
+    pub metadata: Option<Value>,
+}
+
+/// A validated creation request.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub rate_limit: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: Map<String, Value>,
+}
+
+/// A validated change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ClientUpdate {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_limit: Option<i64>,
+    pub enabled: Option<bool>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Collects every field's problem so one response lists them all.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn check<T>(&mut self, pointer: &str, result: Result<T, String>) -> Option<T> {
+        result
+            .map_err(|detail| self.0.push(FieldError::new(pointer, detail)))
+            .ok()
+    }
+
+    fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Error> {
+        if self.0.is_empty() {
+            value().ok_or_else(|| Error::invalid("", "invalid input"))
+        } else {
+            Err(Error::Invalid(self.0))
+        }
+    }
+}
+
+impl NewClient {
+    pub fn validate(draft: ClientDraft, now: DateTime<Utc>) -> Result<Self, Error> {
+        let mut p = Problems::default();
+        let name = p.check("/name", parse_name(&draft.name));
+        let scopes = p.check(
+            "/scopes",
+            scope::parse_list(
+                draft
+                    .scopes
+                    .unwrap_or_else(|| scope::DEFAULT.map(String::from).to_vec()),
+            ),
+        );
+        let rate_limit = p.check(
+            "/rate_limit",
+            parse_rate_limit(draft.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT)),
+        );
+        let expires_at = p.check("/expires_at", parse_optional_expiry(draft.expires_at, now));
+        let metadata = p.check(
+            "/metadata",
+            parse_metadata(draft.metadata.unwrap_or(Value::Object(Map::new()))),
+        );
+        p.finish(|| {
+            Some(NewClient {
+                name: name?,
+                scopes: scopes?,
+                rate_limit: rate_limit?,
+                expires_at: expires_at?,
+                metadata: metadata?,
+            })
+        })
+    }
+
+    /// The client this request creates, holding `key` as its only key.
+    pub fn into_client(self, client_id: ClientId, key: &NewKey, now: DateTime<Utc>) -> Client {
+        Client {
+            row_id: 0,
+            client_id,
+            name: self.name,
+            scopes: self.scopes,
+            rate_limit: self.rate_limit,
+            enabled: true,
+            expires_at: self.expires_at,
+            metadata: self.metadata,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            key: Some(StoredKey {
+                key_id: key.key_id,
+                hash: key.hash,
+            }),
+            previous_key: None,
+        }
+    }
+}
+
+impl ClientUpdate {
+    pub fn validate(changes: ClientChanges, now: DateTime<Utc>) -> Result<Self, Error> {
+        let empty = changes.name.is_none()
+            && changes.scopes.is_none()
+            && changes.rate_limit.is_none()
+            && changes.enabled.is_none()
+            && changes.expires_at.is_none()
+            && changes.metadata.is_none();
+        if empty {
+            return Err(Error::invalid("", "give at least one field to change"));
+        }
+        let mut p = Problems::default();
+        let name = changes.name.map(|n| p.check("/name", parse_name(&n)));
+        let scopes = changes
+            .scopes
+            .map(|s| p.check("/scopes", scope::parse_list(s)));
+        let rate_limit = changes
+            .rate_limit
+            .map(|r| p.check("/rate_limit", parse_rate_limit(r)));
+        let expires_at = changes
+            .expires_at
+            .map(|e| p.check("/expires_at", parse_optional_expiry(e, now)));
+        let metadata = changes
+            .metadata
+            .map(|m| p.check("/metadata", parse_metadata(m)));
+        p.finish(|| {
+            Some(ClientUpdate {
+                name: name.map(|v| v.ok_or(())).transpose().ok()?,
+                scopes: scopes.map(|v| v.ok_or(())).transpose().ok()?,
+                rate_limit: rate_limit.map(|v| v.ok_or(())).transpose().ok()?,
+                enabled: changes.enabled,
+                expires_at: expires_at.map(|v| v.ok_or(())).transpose().ok()?,
+                metadata: metadata.map(|v| v.ok_or(())).transpose().ok()?,
+            })
+        })
+    }
+
+    pub fn enabled(enabled: bool) -> Self {
+        ClientUpdate {
+            enabled: Some(enabled),
+            ..Default::default()
+        }
+    }
+
+    /// Applies the change; returns the new client and the audit `changes` object
+    /// (`{"field": {"from", "to"}}` for each field that really changed).
+    pub fn apply(&self, old: &Client, now: DateTime<Utc>) -> (Client, Value) {
+        let mut new = old.clone();
+        let mut diff = Map::new();
+        fn record<T: PartialEq + serde::Serialize + Clone>(
+            diff: &mut Map<String, Value>,
+            field: &str,
+            slot: &mut T,
+            to: &Option<T>,
+        ) {
+            if let Some(to) = to {
+                if slot != to {
+                    diff.insert(field.into(), json!({"from": slot, "to": to}));
+                    *slot = to.clone();
+                }
+            }
+        }
+        record(&mut diff, "name", &mut new.name, &self.name);
+        record(&mut diff, "scopes", &mut new.scopes, &self.scopes);
+        record(
+            &mut diff,
+            "rate_limit",
+            &mut new.rate_limit,
+            &self.rate_limit,
+        );
+        record(&mut diff, "enabled", &mut new.enabled, &self.enabled);
+        record(
+            &mut diff,
+            "expires_at",
+            &mut new.expires_at,
+            &self.expires_at,
+        );
+        record(&mut diff, "metadata", &mut new.metadata, &self.metadata);
+        if !diff.is_empty() {
+            new.updated_at = now;
+        }
+        (new, Value::Object(diff))
+    }
+}
+
+/// Gives `client` the new key. With a grace period the current key stays valid until it ends;
+/// without one it stops now. Any earlier old key ends now either way: at most one old key.
+pub fn regenerate(
+    client: &Client,
+    key: &NewKey,
+    grace_seconds: u32,
+    now: DateTime<Utc>,
+) -> (Client, Value) {
+    let mut new = client.clone();
+    new.previous_key = match (client.key, grace_seconds) {
+        (Some(old), 1..) => Some(PreviousKey {
+            key: old,
+            expires_at: now + Duration::seconds(i64::from(grace_seconds)),
+        }),
+        _ => None,
+    };
+    new.key = Some(StoredKey {
+        key_id: key.key_id,
+        hash: key.hash,
+    });
+    new.updated_at = now;
+    let changes = json!({
+        "key_prefix": {"from": client.key_prefix(), "to": new.key_prefix()},
+        "grace_period_seconds": grace_seconds,
+    });
+    (new, changes)
+}
+
+pub fn parse_grace_seconds(seconds: i64) -> Result<u32, Error> {
+    u32::try_from(seconds)
+        .ok()
+        .filter(|s| *s <= MAX_GRACE_SECONDS)
+        .ok_or_else(|| {
+            Error::invalid(
+                "/grace_period_seconds",
+                format!("must be 0..={MAX_GRACE_SECONDS}"),
+            )
+        })
+}
+
+fn parse_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "must be 1..={MAX_NAME_CHARS} characters after trimming"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(name.to_string())
+}
+
+fn parse_rate_limit(n: i64) -> Result<i64, String> {
+    if (1..=MAX_RATE_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be 1..={MAX_RATE_LIMIT} requests per minute"))
+    }
+}
+
+fn parse_optional_expiry(
+    raw: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    raw.map(|text| parse_expiry(&text, now)).transpose()
+}
+
+/// RFC 3339 with an explicit offset, in the future; kept to the microsecond like the stores.
+pub fn parse_expiry(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let at = DateTime::parse_from_rfc3339(text)
+        .map_err(|_| "must be an RFC 3339 timestamp with a UTC offset".to_string())?;
+    let at = super::truncate_to_micros(at.with_timezone(&Utc));
+    if at <= now {
+        return Err("must be in the future".into());
+    }
+    Ok(at)
+}
+
+fn parse_metadata(value: Value) -> Result<Map<String, Value>, String> {
+    let Value::Object(map) = value else {
+        return Err("must be a JSON object".into());
+    };
+    let size = serde_json::to_vec(&map)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(format!(
+            "must be at most {MAX_METADATA_BYTES} bytes as compact JSON"
+        ));
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::api_key;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn draft(name: &str) -> ClientDraft {
+        ClientDraft {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn client() -> (Client, NewKey) {
+        let key = api_key::generate().unwrap();
+        let c = NewClient::validate(draft("app"), now())
+            .unwrap()
+            .into_client(ClientId::generate().unwrap(), &key, now());
+        (c, key)
+    }
+
+    fn pointers(err: Error) -> Vec<String> {
+        match err {
+            Error::Invalid(list) => list.into_iter().map(|e| e.pointer).collect(),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_fields_are_omitted() {
+        let c = NewClient::validate(draft("  app  "), now()).unwrap();
+        assert_eq!(c.name, "app");
+        assert_eq!(c.scopes, vec!["chat", "history"]);
+        assert_eq!(c.rate_limit, 100);
+        assert!(c.expires_at.is_none() && c.metadata.is_empty());
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let d = ClientDraft {
+            name: " ".into(),
+            scopes: Some(vec!["Bad".into()]),
+            rate_limit: Some(0),
+            expires_at: Some("2020-01-01T00:00:00Z".into()),
+            metadata: Some(json!([1])),
+        };
+        let got = pointers(NewClient::validate(d, now()).unwrap_err());
+        assert_eq!(
+            got,
+            [
+                "/name",
+                "/scopes",
+                "/rate_limit",
+                "/expires_at",
+                "/metadata"
+            ]
+        );
+    }
+
+    #[test]
+    fn name_counts_characters_not_bytes_and_refuses_control_characters() {
+        assert!(NewClient::validate(draft(&"é".repeat(255)), now()).is_ok());
+        assert!(NewClient::validate(draft(&"é".repeat(256)), now()).is_err());
+        assert!(NewClient::validate(draft("a\u{7}b"), now()).is_err());
+    }
+
+    #[test]
+    fn expiry_needs_an_offset_and_a_future_time() {
+        assert!(parse_expiry("2027-01-01T00:00:00", now()).is_err());
+        assert!(parse_expiry("2026-01-01T00:00:00Z", now()).is_err());
+        let at = parse_expiry("2027-01-01T02:00:00+02:00", now()).unwrap();
+        assert_eq!(at.to_rfc3339(), "2027-01-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn metadata_limit_counts_compact_json() {
+        let fits = json!({"k": "x".repeat(4096 - 8)});
+        assert_eq!(serde_json::to_vec(&fits).unwrap().len(), 4096);
+        assert!(parse_metadata(fits).is_ok());
+        assert!(parse_metadata(json!({"k": "x".repeat(4096 - 7)})).is_err());
+    }
+
+    #[test]
+    fn empty_update_is_refused() {
+        assert!(ClientUpdate::validate(ClientChanges::default(), now()).is_err());
+    }
+
+    #[test]
+    fn update_records_only_real_changes() {
+        let (c, _) = client();
+        let changes = ClientChanges {
+            name: Some("app".into()),
+            rate_limit: Some(5),
+            expires_at: Some(None),
+            ..Default::default()
+        };
+        let later = now() + Duration::seconds(1);
+        let (new, diff) = ClientUpdate::validate(changes, now())
+            .unwrap()
+            .apply(&c, later);
+        assert_eq!(new.rate_limit, 5);
+        assert_eq!(diff, json!({"rate_limit": {"from": 100, "to": 5}}));
+        assert_eq!(new.updated_at, later);
+    }
+
+    #[test]
+    fn status_reports_disabled_before_expired() {
+        let (mut c, _) = client();
+        assert_eq!(c.status(now()), ClientStatus::Active);
+        c.expires_at = Some(now());
+        assert_eq!(c.status(now()), ClientStatus::Expired);
+        c.enabled = false;
+        assert_eq!(c.status(now()), ClientStatus::Disabled);
+    }
+
+    #[test]
+    fn regeneration_without_grace_ends_the_old_key_now() {
+        let (c, old) = client();
+        let new_key = api_key::generate().unwrap();
+        let (c, _) = regenerate(&c, &new_key, 0, now());
+        let presented = |k: &NewKey| api_key::parse(k.plain.expose()).unwrap();
+        assert!(c.accepts_key(&presented(&new_key), now()));
+        assert!(!c.accepts_key(&presented(&old), now()));
+    }
+
+    #[test]
+    fn grace_period_keeps_one_old_key_until_it_ends() {
+        let (c, first) = client();
+        let second = api_key::generate().unwrap();
+        let third = api_key::generate().unwrap();
+        let presented = |k: &NewKey| api_key::parse(k.plain.expose()).unwrap();
+        let (c, _) = regenerate(&c, &second, 60, now());
+        assert!(c.accepts_key(&presented(&first), now() + Duration::seconds(59)));
+        assert!(!c.accepts_key(&presented(&first), now() + Duration::seconds(60)));
+        let (c, _) = regenerate(&c, &third, 60, now());
+        assert!(
+            !c.accepts_key(&presented(&first), now()),
+            "the earlier old key ends at once"
+        );
+        assert!(c.accepts_key(&presented(&second), now()));
+        assert!(c.accepts_key(&presented(&third), now()));
+    }
+
+    #[test]
+    fn grace_is_bounded() {
+        assert!(parse_grace_seconds(604_800).is_ok());
+        assert!(parse_grace_seconds(604_801).is_err());
+        assert!(parse_grace_seconds(-1).is_err());
+    }
+}

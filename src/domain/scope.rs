@@ -1,0 +1,62 @@
+//! Scopes: what a client may do. Names follow `^[a-z][a-z0-9_:.-]{0,63}$`.
+
+/// Grants the admin API and every verification endpoint.
+pub const ADMIN: &str = "admin";
+/// Grants `POST /v1/keys/verify`.
+pub const KEYS_VERIFY: &str = "keys:verify";
+/// The scopes a client gets when none are given.
+pub const DEFAULT: [&str; 2] = ["chat", "history"];
+const MAX_SCOPES: usize = 32;
+
+pub fn is_valid(scope: &str) -> bool {
+    let bytes = scope.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_lowercase()
+        && bytes[1..]
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_:.-".contains(&b))
+}
+
+/// Validates a requested scope list and returns it sorted; the error is the detail message.
+pub fn parse_list(scopes: Vec<String>) -> Result<Vec<String>, String> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(format!("at most {MAX_SCOPES} scopes"));
+    }
+    if let Some(bad) = scopes.iter().find(|s| !is_valid(s)) {
+        return Err(format!(
+            "{bad:?} is not a valid scope (^[a-z][a-z0-9_:.-]{{0,63}}$)"
+        ));
+    }
+    let mut sorted = scopes;
+    sorted.sort();
+    if let Some(pair) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("{:?} is listed twice", pair[0]));
+    }
+    Ok(sorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_follow_the_pattern() {
+        for ok in ["a", "chat", "keys:verify", "a.b-c_d:9", &"a".repeat(64)] {
+            assert!(is_valid(ok), "{ok}");
+        }
+        for bad in ["", "A", "1a", "chat ", "é", "a/b", &"a".repeat(65)] {
+            assert!(!is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lists_are_sorted_and_duplicates_refused() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_list(v(&["b", "a"])).unwrap(), v(&["a", "b"]));
+        assert!(parse_list(v(&["a", "b", "a"])).is_err());
+        assert!(parse_list(vec!["s".into(); 33]).is_err());
+        let many: Vec<String> = (0..32).map(|i| format!("s{i}")).collect();
+        assert_eq!(parse_list(many).unwrap().len(), 32);
+    }
+}

@@ -1,0 +1,86 @@
+//! The HTTP edge (axum only): routes, extractors, error shapes, request metrics. No SQL,
+//! hashing or business rules here: handlers call `admin`, `verifier` and `limiter`.
+
+mod admin;
+mod error;
+mod extract;
+mod openapi;
+mod ops;
+mod verify;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+
+pub use admin::{AuditListResponse, ClientListResponse, ClientResponse, ClientWithKeyResponse};
+pub use error::ApiError;
+pub use openapi::document as openapi_document;
+pub use verify::VerifyResponse;
+
+use crate::app::AppState;
+use crate::metrics::HttpLabels;
+
+/// Bodies of the service's own endpoints are capped at 64 KiB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::routes())
+        .merge(admin::routes())
+        .merge(verify::routes())
+        .fallback(not_found)
+        .layer(middleware::map_response(problem_for_bare_errors))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// axum answers a known path with a wrong method by a bare 405 (with `Allow`); give it, and
+/// any other bodiless error, the problem+json body every error carries.
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let problem =
+        ApiError::new(status, status.canonical_reason().unwrap_or("error")).into_response();
+    let (problem_parts, body) = problem.into_parts();
+    for (name, value) in &problem_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let response = next.run(req).await;
+    let labels = HttpLabels {
+        route,
+        method,
+        status: response.status().as_u16(),
+    };
+    state
+        .metrics
+        .observe_http(labels, started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,129 @@
+//! Errors at the edge: problem+json (RFC 9457) for every endpoint. Status codes are chosen
+//! here and nowhere else; internal detail is logged once and never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::{self, FieldError};
+
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+    problem_type: &'static str,
+    errors: Vec<FieldError>,
+    retry_after: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    problem_type: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    /// Field-level validation messages, each with a JSON Pointer into the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            detail: detail.into(),
+            problem_type: "about:blank",
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>, errors: Vec<FieldError>) -> Self {
+        ApiError {
+            errors,
+            ..ApiError::new(StatusCode::BAD_REQUEST, detail)
+        }
+    }
+
+    pub fn rate_limited(retry_after_seconds: u64, detail: &str) -> Self {
+        ApiError {
+            problem_type: QUOTA_EXCEEDED,
+            retry_after: Some(retry_after_seconds),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, detail)
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<domain::Error> for ApiError {
+    fn from(e: domain::Error) -> Self {
+        use domain::Error as E;
+        match e {
+            E::Invalid(errors) => {
+                let detail = match errors.as_slice() {
+                    [one] if one.pointer.is_empty() => one.detail.clone(),
+                    _ => "the request has invalid fields".to_string(),
+                };
+                let errors = errors
+                    .into_iter()
+                    .filter(|e| !e.pointer.is_empty())
+                    .collect();
+                ApiError::bad_request(detail, errors)
+            }
+            E::NotFound => ApiError::new(StatusCode::NOT_FOUND, "no such client"),
+            E::Unauthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid credential")
+            }
+            E::Forbidden(scope) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("the credential does not hold the scope {scope:?}"),
+            ),
+            E::RateLimited {
+                retry_after_seconds,
+            } => ApiError::rate_limited(retry_after_seconds, "rate limit exceeded"),
+            E::Storage(crate::storage::Error::Unavailable(source)) => {
+                tracing::error!(error = %source, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable",
+                )
+            }
+            other => {
+                tracing::error!(error = ?other, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            problem_type: self.problem_type,
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            errors: self.errors,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

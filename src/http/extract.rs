@@ -1,0 +1,319 @@
+//! Extractors: JSON bodies and query strings whose rejections come out as our 400/413/415
+//! problems, the caller's address, and credentials checked against a required scope.
+
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::domain::audit::Actor;
+use crate::domain::{self, FieldError, scope};
+
+/// A JSON body: `application/json` (or `+json`) required, unknown fields refused by the DTO.
+pub struct ApiJson<T>(pub T);
+
+/// A JSON body that may be left out entirely, in which case `T::default()` is used.
+pub struct OptionalJson<T>(pub T);
+
+/// A query string parsed into `T`.
+pub struct ApiQuery<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e: BytesRejection| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is larger than 64 KiB",
+                )
+            } else {
+                ApiError::bad_request("the body could not be read", Vec::new())
+            }
+        })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request("the body is not valid JSON", Vec::new());
+        }
+        let path = e.path().to_string();
+        let pointer = if path == "." {
+            String::new()
+        } else {
+            format!("/{}", path.replace('.', "/"))
+        };
+        let message = without_quoted_values(&inner.to_string());
+        ApiError::bad_request(
+            "the body does not match the expected shape",
+            vec![FieldError::new(pointer, message)],
+        )
+    })?;
+    de.end()
+        .map_err(|_| ApiError::bad_request("the body is not valid JSON", Vec::new()))?;
+    Ok(value)
+}
+
+/// serde quotes the offending string (`invalid type: string "…"`), which may be a key sent in
+/// the wrong field: keep the message, drop the value and the position.
+fn without_quoted_values(message: &str) -> String {
+    let message = message.split(" at line ").next().unwrap_or(message);
+    match (message.find('"'), message.rfind('"')) {
+        (Some(first), Some(last)) if first < last => {
+            format!("{}{}", message[..first].trim_end(), &message[last + 1..])
+        }
+        _ => message.to_string(),
+    }
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "the body must be application/json",
+    )
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(req.headers());
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !json {
+            return Err(unsupported_media_type());
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| {
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                ApiError::bad_request(format!("invalid query: {detail}"), Vec::new())
+            })
+    }
+}
+
+/// The address a request comes from: the peer, or, when the peer is a trusted proxy, the
+/// nearest untrusted address in `X-Forwarded-For`.
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let trusted = |ip: &IpAddr| state.trusted_proxies.contains(ip);
+        if !trusted(&peer) {
+            return Ok(ClientAddr(peer));
+        }
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .collect::<Vec<_>>();
+        let client = forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !trusted(ip))
+            .unwrap_or(peer);
+        Ok(ClientAddr(client))
+    }
+}
+
+/// The credential of a request: `Authorization: Bearer` wins over `X-API-Key`; an
+/// `Authorization` header of any other form is an invalid credential, with no fallback.
+pub fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get("x-api-key")?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The scope an endpoint needs; `admin` passes everywhere.
+pub trait RequiredScope {
+    const SCOPE: &'static str;
+}
+
+pub struct AdminScope;
+impl RequiredScope for AdminScope {
+    const SCOPE: &'static str = scope::ADMIN;
+}
+
+pub struct VerifyScope;
+impl RequiredScope for VerifyScope {
+    const SCOPE: &'static str = scope::KEYS_VERIFY;
+}
+
+/// A caller whose credential holds scope `S`. Failed attempts count against the caller's
+/// address, which is refused with 429 once it has failed too often.
+pub struct Authorized<S> {
+    pub actor: Actor,
+    scope: PhantomData<S>,
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
+        let now = domain::now();
+        if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
+            return Err(ApiError::rate_limited(
+                wait,
+                "too many failed authentications",
+            ));
+        }
+        let result = match credential(&parts.headers) {
+            Some(credential) => state.verifier.authorize(credential, S::SCOPE, now).await,
+            None => Err(domain::Error::Unauthenticated),
+        };
+        match result {
+            Ok(actor) => Ok(Authorized {
+                actor,
+                scope: PhantomData,
+            }),
+            Err(domain::Error::Unauthenticated) => {
+                state.failed_auth.record_failure(addr, now);
+                Err(domain::Error::Unauthenticated.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn authorization_wins_over_x_api_key_without_fallback() {
+        assert_eq!(credential(&headers(&[("x-api-key", "k")])), Some("k"));
+        assert_eq!(
+            credential(&headers(&[
+                ("authorization", "Bearer a"),
+                ("x-api-key", "k")
+            ])),
+            Some("a")
+        );
+        assert_eq!(
+            credential(&headers(&[
+                ("authorization", "Basic a"),
+                ("x-api-key", "k")
+            ])),
+            None
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "bearer a")])),
+            Some("a")
+        );
+        assert_eq!(credential(&headers(&[("authorization", "Bearer ")])), None);
+    }
+
+    #[test]
+    fn error_messages_drop_the_values_sent() {
+        let m = without_quoted_values(
+            "invalid type: string \"eg_secret\", expected i64 at line 1 column 9",
+        );
+        assert_eq!(m, "invalid type: string, expected i64");
+        assert_eq!(
+            without_quoted_values("missing field `name`"),
+            "missing field `name`"
+        );
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "application/json; charset=utf-8"
+        )])));
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "application/merge-patch+json"
+        )])));
+        assert!(!is_json(&headers(&[("content-type", "text/plain")])));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

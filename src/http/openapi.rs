@@ -1,0 +1,43 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "egregore-relay", description = "API keys, verification and administration"),
+    paths(
+        super::ops::health,
+        super::ops::readiness,
+        super::ops::metrics,
+        super::ops::openapi,
+        super::admin::create_client,
+        super::admin::list_clients,
+        super::admin::get_client,
+        super::admin::update_client,
+        super::admin::disable_client,
+        super::admin::enable_client,
+        super::admin::regenerate_key,
+        super::admin::delete_client,
+        super::admin::list_audit,
+        super::verify::verify_key,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,206 @@
+//! Storage: SQL, rows and migrations, behind one `Store` interface with a SQLite and a
+//! PostgreSQL implementation. It returns domain types and enforces no business rule: what to
+//! write is decided by the caller (see the `edit` closure of `update_client`).
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::domain::api_key::{KeyHash, KeyId};
+use crate::domain::audit::{AuditEvent, NewAuditEvent};
+use crate::domain::client::{Client, ClientId, PreviousKey, StoredKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unique constraint {0} violated")]
+    Conflict(String),
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL scheme (use sqlite:// or postgres://)")]
+    UnsupportedUrl,
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+                Error::Conflict(db.constraint().unwrap_or("unknown").to_string())
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Error::Unavailable(e)
+            }
+            other => Error::Other(other),
+        }
+    }
+}
+
+/// Where a page of clients starts: strictly after this `(created_at, row id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCursor {
+    pub created_at: DateTime<Utc>,
+    pub row_id: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientQuery {
+    pub include_disabled: bool,
+    pub name_contains: Option<String>,
+    pub scope: Option<String>,
+    pub after: Option<ClientCursor>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditQuery {
+    pub client_id: Option<String>,
+    /// Events with an id below this one.
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// Computes the new state of a client and the audit event for it, inside the transaction.
+pub type Edit<'a> = &'a (dyn Fn(&Client) -> (Client, NewAuditEvent) + Send + Sync);
+
+/// Computes the audit event of a deletion from the client being deleted.
+pub type DeletionAudit<'a> = &'a (dyn Fn(&Client) -> NewAuditEvent + Send + Sync);
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Applies the embedded migrations (idempotent).
+    async fn migrate(&self) -> Result<(), Error>;
+    async fn ping(&self) -> Result<(), Error>;
+    /// Inserts a client and its audit event in one transaction; returns it with its row id.
+    async fn insert_client(&self, client: &Client, audit: &NewAuditEvent) -> Result<Client, Error>;
+    async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error>;
+    /// The client whose current or previous key has this id.
+    async fn client_by_key_id(&self, key_id: &KeyId) -> Result<Option<Client>, Error>;
+    async fn list_clients(&self, query: &ClientQuery) -> Result<Vec<Client>, Error>;
+    /// Locks the client, writes what `edit` returns and its audit event, in one transaction.
+    /// `None` when there is no such client.
+    async fn update_client(&self, id: &ClientId, edit: Edit<'_>) -> Result<Option<Client>, Error>;
+    /// Deletes the client and writes its audit event, in one transaction.
+    async fn delete_client(
+        &self,
+        id: &ClientId,
+        audit: DeletionAudit<'_>,
+    ) -> Result<Option<Client>, Error>;
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, Error>;
+    /// Moves each client's `last_used_at` forward to the given time (never backwards).
+    async fn record_last_used(&self, uses: &[(ClientId, DateTime<Utc>)]) -> Result<(), Error>;
+    /// Whether an enabled client holds the scope `admin`.
+    async fn has_admin_client(&self) -> Result<bool, Error>;
+    /// Clients changed after change number `seq`, as `(seq, client_id)`, oldest first; every
+    /// write above records one, so other processes can drop what they cached.
+    async fn changes_after(&self, seq: i64) -> Result<Vec<(i64, ClientId)>, Error>;
+    /// The newest change number (0 when none).
+    async fn latest_change(&self) -> Result<i64, Error>;
+    /// Forgets change records older than `before`.
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<(), Error>;
+}
+
+/// Opens the database named by `url` (`sqlite:` or `postgres:`) and applies the migrations.
+pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, Error> {
+    let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        Arc::new(sqlite::SqliteStore::connect(url, max_connections).await?)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Arc::new(postgres::PostgresStore::connect(url, max_connections).await?)
+    } else {
+        return Err(Error::UnsupportedUrl);
+    };
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// A client row after each backend has turned its column types into Rust ones.
+struct ClientParts {
+    row_id: i64,
+    client_id: String,
+    api_key_hash: String,
+    name: String,
+    scopes: Vec<String>,
+    rate_limit: i64,
+    enabled: bool,
+    expires_at: Option<DateTime<Utc>>,
+    metadata: Map<String, Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    key_id: Option<String>,
+    prev_key_id: Option<String>,
+    prev_key_hash: Option<String>,
+    prev_key_expires_at: Option<DateTime<Utc>>,
+}
+
+impl ClientParts {
+    fn into_client(self) -> Client {
+        let mut scopes = self.scopes;
+        scopes.sort();
+        // `api_key_hash` holds a SHA-256 (hex) when `key_id` is set; otherwise it is an
+        // adopted bcrypt hash, which is not a key this service can look up by id.
+        let key = self
+            .key_id
+            .as_deref()
+            .and_then(KeyId::parse)
+            .and_then(|key_id| {
+                KeyHash::from_hex(&self.api_key_hash).map(|hash| StoredKey { key_id, hash })
+            });
+        let previous_key = match (
+            self.prev_key_id,
+            self.prev_key_hash,
+            self.prev_key_expires_at,
+        ) {
+            (Some(id), Some(hash), Some(expires_at)) => KeyId::parse(&id)
+                .zip(KeyHash::from_hex(&hash))
+                .map(|(key_id, hash)| PreviousKey {
+                    key: StoredKey { key_id, hash },
+                    expires_at,
+                }),
+            _ => None,
+        };
+        Client {
+            row_id: self.row_id,
+            client_id: ClientId::new(&self.client_id),
+            name: self.name,
+            scopes,
+            rate_limit: self.rate_limit,
+            enabled: self.enabled,
+            expires_at: self.expires_at,
+            metadata: self.metadata,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_used_at: self.last_used_at,
+            key,
+            previous_key,
+        }
+    }
+}
+
+/// The key columns of a client as written: current key id and hash, previous key.
+struct KeyColumns {
+    key_id: Option<String>,
+    api_key_hash: Option<String>,
+    prev_key_id: Option<String>,
+    prev_key_hash: Option<String>,
+    prev_key_expires_at: Option<DateTime<Utc>>,
+}
+
+impl KeyColumns {
+    fn of(client: &Client) -> Self {
+        let prev = client.previous_key.as_ref();
+        KeyColumns {
+            key_id: client.key.map(|k| k.key_id.as_str().to_string()),
+            api_key_hash: client.key.map(|k| k.hash.to_hex()),
+            prev_key_id: prev.map(|p| p.key.key_id.as_str().to_string()),
+            prev_key_hash: prev.map(|p| p.key.hash.to_hex()),
+            prev_key_expires_at: prev.map(|p| p.expires_at),
+        }
+    }
+}

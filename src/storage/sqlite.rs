@@ -1,0 +1,358 @@
+//! SQLite: the zero-set-up default. One file in WAL mode; timestamps are Unix microseconds,
+//! scopes and metadata JSON text. Writes take the write lock up front (`BEGIN IMMEDIATE`) so a
+//! read-then-write transaction never fails on a lock upgrade.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqlitePool, Transaction};
+
+use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, Store};
+use crate::domain::api_key::KeyId;
+use crate::domain::audit::{AuditEvent, NewAuditEvent};
+use crate::domain::client::{Client, ClientId};
+
+const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, name, scopes, rate_limit, enabled, \
+    expires_at, created_at, updated_at, last_used_at, metadata, key_id, prev_key_id, \
+    prev_key_hash, prev_key_expires_at";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, sqlx::Sqlite>, Error> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    id: i64,
+    client_id: String,
+    api_key_hash: String,
+    name: String,
+    scopes: String,
+    rate_limit: i64,
+    enabled: bool,
+    expires_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    last_used_at: Option<i64>,
+    metadata: String,
+    key_id: Option<String>,
+    prev_key_id: Option<String>,
+    prev_key_hash: Option<String>,
+    prev_key_expires_at: Option<i64>,
+}
+
+fn time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+impl ClientRow {
+    fn into_client(self) -> Client {
+        ClientParts {
+            row_id: self.id,
+            client_id: self.client_id,
+            api_key_hash: self.api_key_hash,
+            name: self.name,
+            scopes: serde_json::from_str(&self.scopes).unwrap_or_default(),
+            rate_limit: self.rate_limit,
+            enabled: self.enabled,
+            expires_at: self.expires_at.map(time),
+            metadata: serde_json::from_str(&self.metadata).unwrap_or_default(),
+            created_at: time(self.created_at),
+            updated_at: time(self.updated_at),
+            last_used_at: self.last_used_at.map(time),
+            key_id: self.key_id,
+            prev_key_id: self.prev_key_id,
+            prev_key_hash: self.prev_key_hash,
+            prev_key_expires_at: self.prev_key_expires_at.map(time),
+        }
+        .into_client()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    client_id: Option<String>,
+    changes: String,
+}
+
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, sqlx::Sqlite>,
+    event: &NewAuditEvent,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO audit_events (at, actor, action, client_id, changes) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(micros(event.at))
+    .bind(&event.actor)
+    .bind(event.action)
+    .bind(event.client_id.as_ref().map(ClientId::as_str))
+    .bind(json_text(&event.changes))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO client_changes (client_id, at) VALUES (?, ?)")
+        .bind(event.client_id.as_ref().map(ClientId::as_str))
+        .bind(micros(event.at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn client_for_update(
+    tx: &mut Transaction<'static, sqlx::Sqlite>,
+    id: &ClientId,
+) -> Result<Option<Client>, Error> {
+    let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?");
+    let row: Option<ClientRow> = sqlx::query_as(&sql)
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(ClientRow::into_client))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), Error> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_client(&self, client: &Client, audit: &NewAuditEvent) -> Result<Client, Error> {
+        let keys = KeyColumns::of(client);
+        let mut tx = self.write_tx().await?;
+        let row_id: i64 = sqlx::query_scalar(
+            "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
+             expires_at, created_at, updated_at, metadata, key_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(client.client_id.as_str())
+        .bind(keys.api_key_hash.unwrap_or_default())
+        .bind(&client.name)
+        .bind(json_text(&client.scopes))
+        .bind(client.rate_limit)
+        .bind(client.enabled)
+        .bind(client.expires_at.map(micros))
+        .bind(micros(client.created_at))
+        .bind(micros(client.updated_at))
+        .bind(json_text(&client.metadata))
+        .bind(keys.key_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Client {
+            row_id,
+            ..client.clone()
+        })
+    }
+
+    async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?");
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(ClientRow::into_client))
+    }
+
+    async fn client_by_key_id(&self, key_id: &KeyId) -> Result<Option<Client>, Error> {
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE key_id = ?1 OR prev_key_id = ?1"
+        );
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(key_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(ClientRow::into_client))
+    }
+
+    async fn list_clients(&self, q: &ClientQuery) -> Result<Vec<Client>, Error> {
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM api_clients \
+             WHERE (?1 OR enabled) \
+               AND (?2 IS NULL OR instr(lower(name), lower(?2)) > 0) \
+               AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(api_clients.scopes) \
+                                          WHERE value = ?3)) \
+               AND (?4 IS NULL OR created_at < ?4 OR (created_at = ?4 AND id < ?5)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?6"
+        );
+        let rows: Vec<ClientRow> = sqlx::query_as(&sql)
+            .bind(q.include_disabled)
+            .bind(q.name_contains.as_deref())
+            .bind(q.scope.as_deref())
+            .bind(q.after.map(|c| micros(c.created_at)))
+            .bind(q.after.map(|c| c.row_id))
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(ClientRow::into_client).collect())
+    }
+
+    async fn update_client(&self, id: &ClientId, edit: Edit<'_>) -> Result<Option<Client>, Error> {
+        let mut tx = self.write_tx().await?;
+        let Some(old) = client_for_update(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let (new, audit) = edit(&old);
+        let keys = KeyColumns::of(&new);
+        sqlx::query(
+            "UPDATE api_clients SET name = ?, scopes = ?, rate_limit = ?, enabled = ?, \
+             expires_at = ?, metadata = ?, updated_at = ?, key_id = ?, \
+             api_key_hash = COALESCE(?, api_key_hash), prev_key_id = ?, prev_key_hash = ?, \
+             prev_key_expires_at = ? WHERE id = ?",
+        )
+        .bind(&new.name)
+        .bind(json_text(&new.scopes))
+        .bind(new.rate_limit)
+        .bind(new.enabled)
+        .bind(new.expires_at.map(micros))
+        .bind(json_text(&new.metadata))
+        .bind(micros(new.updated_at))
+        .bind(keys.key_id)
+        .bind(keys.api_key_hash)
+        .bind(keys.prev_key_id)
+        .bind(keys.prev_key_hash)
+        .bind(keys.prev_key_expires_at.map(micros))
+        .bind(old.row_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Some(new))
+    }
+
+    async fn delete_client(
+        &self,
+        id: &ClientId,
+        audit: DeletionAudit<'_>,
+    ) -> Result<Option<Client>, Error> {
+        let mut tx = self.write_tx().await?;
+        let Some(old) = client_for_update(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM api_clients WHERE id = ?")
+            .bind(old.row_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, &audit(&old)).await?;
+        tx.commit().await?;
+        Ok(Some(old))
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, at, actor, action, client_id, changes FROM audit_events \
+             WHERE (?1 IS NULL OR client_id = ?1) AND (?2 IS NULL OR id < ?2) \
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(q.client_id.as_deref())
+        .bind(q.before_id)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEvent {
+                id: r.id,
+                at: time(r.at),
+                actor: r.actor,
+                action: r.action,
+                client_id: r.client_id,
+                changes: serde_json::from_str(&r.changes).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn record_last_used(&self, uses: &[(ClientId, DateTime<Utc>)]) -> Result<(), Error> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE api_clients SET last_used_at = max(coalesce(last_used_at, ?2), ?2) \
+                 WHERE client_id = ?1",
+            )
+            .bind(id.as_str())
+            .bind(micros(*at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn has_admin_client(&self) -> Result<bool, Error> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM api_clients WHERE enabled AND EXISTS \
+             (SELECT 1 FROM json_each(api_clients.scopes) WHERE value = 'admin') LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn changes_after(&self, seq: i64) -> Result<Vec<(i64, ClientId)>, Error> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, client_id FROM client_changes WHERE seq > ? ORDER BY seq LIMIT 10000",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, id)| (s, ClientId::new(&id)))
+            .collect())
+    }
+
+    async fn latest_change(&self) -> Result<i64, Error> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM client_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<(), Error> {
+        sqlx::query("DELETE FROM client_changes WHERE at < ?")
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! Turns a presented credential into a client (or the admin token): parse and checksum first,
+//! then the cache, then one indexed lookup. Never scans, never writes per request (uses go to
+//! the `UsageRecorder`).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::cache::KeyCache;
+use crate::domain::api_key::{self, KeyHash};
+use crate::domain::audit::Actor;
+use crate::domain::client::{Client, ClientStatus};
+use crate::domain::{Error, scope};
+use crate::metrics::Metrics;
+use crate::storage::{self, Store};
+use crate::usage::UsageRecorder;
+
+/// The result of checking an API key, in the order verification reports problems.
+#[derive(Debug, Clone)]
+pub enum KeyCheck {
+    Valid(Arc<Client>),
+    NotFound,
+    Disabled,
+    Expired,
+}
+
+impl KeyCheck {
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeyCheck::Valid(_) => "VALID",
+            KeyCheck::NotFound => "NOT_FOUND",
+            KeyCheck::Disabled => "DISABLED",
+            KeyCheck::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// Checks API keys and the admin token; shared by every endpoint that takes a credential.
+pub struct Verifier {
+    store: Arc<dyn Store>,
+    cache: KeyCache,
+    usage: UsageRecorder,
+    metrics: Arc<Metrics>,
+    /// SHA-256 of `RELAY_ADMIN_TOKEN`, so comparing it takes the same time whatever its length.
+    admin_token: Option<KeyHash>,
+}
+
+impl Verifier {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: KeyCache,
+        usage: UsageRecorder,
+        metrics: Arc<Metrics>,
+        admin_token: Option<&SecretString>,
+    ) -> Self {
+        let admin_token = admin_token.map(|t| KeyHash::of(t.expose_secret()));
+        Verifier {
+            store,
+            cache,
+            usage,
+            metrics,
+            admin_token,
+        }
+    }
+
+    /// Checks an API key. A malformed key or a bad checksum is `NotFound` without any lookup.
+    pub async fn check_key(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<KeyCheck, storage::Error> {
+        let Some(presented) = api_key::parse(key) else {
+            return Ok(KeyCheck::NotFound);
+        };
+        let cached = self.cache.get(&presented.key_id);
+        self.metrics.observe_cache(cached.is_some());
+        let client = match cached {
+            Some(client) => client,
+            None => {
+                let ticket = self.cache.ticket();
+                let Some(client) = self.store.client_by_key_id(&presented.key_id).await? else {
+                    return Ok(KeyCheck::NotFound);
+                };
+                let client = Arc::new(client);
+                self.cache.insert(presented.key_id, client.clone(), ticket);
+                client
+            }
+        };
+        if !client.accepts_key(&presented, now) {
+            return Ok(KeyCheck::NotFound);
+        }
+        Ok(match client.status(now) {
+            ClientStatus::Disabled => KeyCheck::Disabled,
+            ClientStatus::Expired => KeyCheck::Expired,
+            ClientStatus::Active => {
+                self.usage.record(&client.client_id, now);
+                KeyCheck::Valid(client)
+            }
+        })
+    }
+
+    /// Authorizes a credential for an endpoint needing `scope` (the admin token and clients
+    /// holding `admin` pass everywhere). `Unauthenticated` for anything that is not a valid
+    /// credential, `Forbidden` for a valid key without the scope.
+    pub async fn authorize(
+        &self,
+        credential: &str,
+        scope: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<Actor, Error> {
+        if let Some(token) = &self.admin_token {
+            if token.matches(&KeyHash::of(credential)) {
+                return Ok(Actor::AdminToken);
+            }
+        }
+        match self.check_key(credential, now).await? {
+            KeyCheck::Valid(client)
+                if client.has_scope(scope::ADMIN) || client.has_scope(scope) =>
+            {
+                Ok(Actor::Client(client.client_id.clone()))
+            }
+            KeyCheck::Valid(_) => Err(Error::Forbidden(scope)),
+            _ => Err(Error::Unauthenticated),
+        }
+    }
+}

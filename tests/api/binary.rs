@@ -1,0 +1,418 @@
+//! The `relay` binary itself: first start, the `clients` commands, logs, signals.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, TestDb};
+
+fn relay() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
+    cmd.env_remove("RELAY_ADMIN_TOKEN")
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `relay clients … --json` against `db`; returns the parsed output.
+fn clients(db: &TestDb, args: &[&str]) -> Value {
+    let out = relay()
+        .env("DATABASE_URL", &db.url)
+        .arg("clients")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A `relay serve` process with its stdout and stderr captured to files.
+struct Server {
+    child: Child,
+    base: String,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(db: &TestDb, envs: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        let child = relay()
+            .arg("serve")
+            .env("DATABASE_URL", &db.url)
+            .env("RELAY_LISTEN", "127.0.0.1:0")
+            .env("RELAY_LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+            if let Some(addr) = log.lines().find_map(listening_address) {
+                break format!("http://{addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Server {
+            child,
+            base,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns (stdout, stderr).
+    fn terminate(mut self) -> (String, String) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit status {status}");
+        (
+            std::fs::read_to_string(&self.stdout).unwrap(),
+            std::fs::read_to_string(&self.stderr).unwrap(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn listening_address(line: &str) -> Option<String> {
+    let entry: Value = serde_json::from_str(line).ok()?;
+    (entry["fields"]["message"] == "listening")
+        .then(|| entry["fields"]["address"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_the_admin_key_once_and_no_log_line_holds_any_key() {
+    let db = TestDb::new().await;
+    let envs = [("RUST_LOG", "debug")];
+    let server = Server::start(&db, &envs);
+    let http = reqwest::Client::new();
+    let stdout = std::fs::read_to_string(&server.stdout).unwrap();
+    let admin_key = stdout.lines().last().unwrap().trim().to_string();
+    assert!(
+        admin_key.starts_with("eg_") && admin_key.len() == 51,
+        "{stdout}"
+    );
+    let mut keys = vec![admin_key.clone()];
+
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}{path}", server.base))
+            .bearer_auth(&admin_key)
+            .json(&body)
+            .send()
+    };
+    // Issue keys, use them, regenerate, and send them where they do not belong.
+    let created: Value = post("/admin/clients", json!({"name": "one"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["client"]["client_id"].as_str().unwrap().to_string();
+    keys.push(created["api_key"].as_str().unwrap().to_string());
+    post("/v1/keys/verify", json!({"key": keys[1]}))
+        .await
+        .unwrap();
+    let regenerated: Value = post(
+        &format!("/admin/clients/{id}/regenerate"),
+        json!({"grace_period_seconds": 60}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    keys.push(regenerated["api_key"].as_str().unwrap().to_string());
+    post(
+        "/admin/clients",
+        json!({"name": keys[2], "rate_limit": keys[1]}),
+    )
+    .await
+    .unwrap();
+    post("/v1/keys/verify", json!({"key": [keys[2]]}))
+        .await
+        .unwrap();
+    let r = http
+        .get(format!("{}/admin/clients", server.base))
+        .bearer_auth(&keys[2])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = http
+        .get(format!("{}/admin/clients", server.base))
+        .bearer_auth(&keys[1][..50])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http
+        .get(format!("{}/nowhere?key={}", server.base, keys[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let (stdout, stderr) = server.terminate();
+    assert_eq!(
+        stdout.matches(&admin_key).count(),
+        1,
+        "the admin key is printed once"
+    );
+    assert!(
+        stderr.lines().count() > 3,
+        "the run logged something:\n{stderr}"
+    );
+    for key in &keys {
+        // The secret part (after the public 13-character prefix) must appear nowhere.
+        assert!(!stderr.contains(&key[13..]), "a key reached the log");
+    }
+    // SIGTERM flushed the last use before exiting.
+    let store = db.open().await;
+    let client = store
+        .client(&egregore_relay::domain::client::ClientId::new(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(client.last_used_at.is_some());
+}
+
+#[tokio::test]
+async fn a_second_start_creates_no_second_admin() {
+    let db = TestDb::new().await;
+    let (first, _) = Server::start(&db, &[]).terminate();
+    assert!(first.contains("eg_"));
+    let (second, _) = Server::start(&db, &[]).terminate();
+    assert!(!second.contains("eg_"), "{second}");
+}
+
+#[tokio::test]
+async fn no_admin_is_created_when_an_admin_token_is_set() {
+    let db = TestDb::new().await;
+    let (stdout, _) =
+        Server::start(&db, &[("RELAY_ADMIN_TOKEN", crate::support::ADMIN_TOKEN)]).terminate();
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(
+        clients(&db, &["list", "--include-disabled"])["clients"],
+        json!([])
+    );
+}
+
+#[test]
+fn a_short_admin_token_stops_the_server_with_a_sentence() {
+    let out = relay()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RELAY_ADMIN_TOKEN", "too-short")
+        .env("DATABASE_URL", "sqlite::memory:")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RELAY_ADMIN_TOKEN") && stderr.contains("32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("too-short"));
+}
+
+#[test]
+fn serve_help_documents_every_setting_with_its_variable_and_default() {
+    let out = relay().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "DATABASE_URL",
+        "sqlite://relay.db",
+        "RELAY_LISTEN",
+        "127.0.0.1:8080",
+        "RELAY_ADMIN_TOKEN",
+        "RELAY_LOG_FORMAT",
+        "RELAY_CACHE_TTL",
+        "RELAY_CACHE_CAPACITY",
+        "RELAY_TRUSTED_PROXIES",
+        "RELAY_DB_MAX_CONNECTIONS",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn the_clients_commands_manage_clients_like_the_api() {
+    let db = TestDb::new().await;
+    let created = clients(
+        &db,
+        &[
+            "create",
+            "--name",
+            "cli app",
+            "--scopes",
+            "chat,keys:verify",
+            "--rate-limit",
+            "7",
+            "--metadata",
+            "{\"a\":1}",
+        ],
+    );
+    let id = created["client"]["client_id"].as_str().unwrap().to_string();
+    assert_eq!(created["client"]["scopes"], json!(["chat", "keys:verify"]));
+    assert_eq!(created["client"]["rate_limit"], 7);
+    assert!(created["api_key"].as_str().unwrap().starts_with("eg_"));
+
+    assert_eq!(clients(&db, &["show", &id])["name"], "cli app");
+    let updated = clients(
+        &db,
+        &[
+            "update",
+            &id,
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+            "--name",
+            "renamed",
+        ],
+    );
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(
+        clients(&db, &["update", &id, "--no-expiry"])["expires_at"],
+        Value::Null
+    );
+    assert_eq!(clients(&db, &["disable", &id])["enabled"], false);
+    assert_eq!(clients(&db, &["list"])["clients"], json!([]));
+    assert_eq!(
+        clients(&db, &["list", "--include-disabled", "--q", "RENAMED"])["clients"][0]["client_id"],
+        id
+    );
+    assert_eq!(clients(&db, &["enable", &id])["enabled"], true);
+    let regenerated = clients(&db, &["regenerate", &id, "--grace", "30"]);
+    assert_ne!(regenerated["api_key"], created["api_key"]);
+
+    // Without --yes and without a terminal, delete refuses.
+    let out = relay()
+        .env("DATABASE_URL", &db.url)
+        .args(["clients", "delete", &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(clients(&db, &["show", &id])["client_id"], id);
+    clients(&db, &["delete", &id, "--yes"]);
+    let out = relay()
+        .env("DATABASE_URL", &db.url)
+        .args(["clients", "show", &id])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such client"));
+
+    let store = db.open().await;
+    let audit = store
+        .list_audit(&egregore_relay::storage::AuditQuery {
+            client_id: Some(id),
+            before_id: None,
+            limit: 20,
+        })
+        .await
+        .unwrap();
+    // create, update twice, disable, enable, regenerate, delete
+    assert_eq!(audit.len(), 7);
+    assert!(audit.iter().all(|e| e.actor == "cli"));
+}
+
+#[test]
+fn invalid_cli_input_is_explained_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let out = relay()
+        .env("DATABASE_URL", &url)
+        .args(["clients", "create", "--name", "x", "--rate-limit", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rate_limit"));
+    let out = relay()
+        .env("DATABASE_URL", &url)
+        .args(["clients", "list", "--json"])
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["clients"], json!([]));
+}
+
+#[test]
+fn the_human_list_is_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let ok = relay()
+        .env("DATABASE_URL", &url)
+        .args(["clients", "create", "--name", "tabled"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(ok.stdout).unwrap();
+    assert!(text.contains("API key (shown only this once)"));
+    let out = relay()
+        .env("DATABASE_URL", &url)
+        .args(["clients", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("CLIENT_ID"));
+    assert!(lines.next().unwrap().contains("tabled"));
+}
+
+#[test]
+fn migrate_applies_the_schema_and_can_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    for _ in 0..2 {
+        let out = relay()
+            .env("DATABASE_URL", &url)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_with_the_cli_reaches_a_running_server_within_two_seconds() {
+    let app = TestApp::spawn().await;
+    let (client, key) = app.create_named("watched").await;
+    assert_eq!(app.verify(&key).await["valid"], true); // cached now
+    let id = client["client_id"].as_str().unwrap();
+    clients(&app.db, &["disable", id]);
+    let changed = Instant::now();
+    let answer = crate::verify::verify_until(&app, &key, "DISABLED").await;
+    assert_eq!(answer["code"], "DISABLED");
+    assert!(changed.elapsed() < Duration::from_secs(2));
+}

@@ -1,0 +1,13 @@
+//! The integration tests: real HTTP over real sockets against the service on a fresh database
+//! per test. SQLite by default; PostgreSQL when `TEST_DATABASE_URL` is set (`.ci/run` runs the
+//! suite both ways).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod binary;
+mod concurrency;
+mod errors;
+mod ops;
+mod storage;
+mod support;
+mod verify;
