@@ -13,9 +13,11 @@ use crate::admin::ClientAdmin;
 use crate::cache::KeyCache;
 use crate::change_feed::ChangeFeed;
 use crate::config::ServeConfig;
+use crate::keyring::KeyRing;
 use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::Store;
+use crate::token::TokenService;
 use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
 
@@ -25,6 +27,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub admin: Arc<ClientAdmin>,
     pub verifier: Arc<Verifier>,
+    pub tokens: Arc<TokenService>,
     pub limiter: Arc<dyn RateLimiter>,
     pub failed_auth: Arc<FailedAuthLimiter>,
     pub metrics: Arc<Metrics>,
@@ -52,6 +55,16 @@ pub async fn serve(
     let limiter: Arc<dyn RateLimiter> = Arc::new(LocalRateLimiter::default());
     let failed_auth = Arc::new(FailedAuthLimiter::default());
     let feed = ChangeFeed::start(store.clone(), cache.clone()).await?;
+    let token_lifetime = chrono::Duration::seconds(i64::from(config.tokens.ttl_seconds))
+        + chrono::Duration::seconds(crate::domain::access_token::LEEWAY_SECONDS);
+    let tokens = Arc::new(TokenService::new(
+        Arc::new(KeyRing::new(token_lifetime)),
+        store.clone(),
+        cache.clone(),
+        limiter.clone(),
+        config.tokens.clone(),
+    ));
+    tokens.load_keys(crate::domain::now()).await?;
     let state = AppState {
         admin: Arc::new(ClientAdmin::new(store.clone(), cache.clone())),
         verifier: Arc::new(Verifier::new(
@@ -61,6 +74,7 @@ pub async fn serve(
             metrics.clone(),
             config.admin_token.as_ref(),
         )),
+        tokens: tokens.clone(),
         store: store.clone(),
         limiter: limiter.clone(),
         failed_auth: failed_auth.clone(),
@@ -68,17 +82,19 @@ pub async fn serve(
         trusted_proxies: config.trusted_proxies.clone().into(),
     };
     let (stop, stopped) = watch::channel(false);
-    let background = tokio::spawn(run_background(
-        store.clone(),
+    let background = Background {
+        store: store.clone(),
         feed,
+        tokens,
         cache,
-        usage.clone(),
+        usage: usage.clone(),
         limiter,
         failed_auth,
-        stopped,
-    ));
+    };
+    let background = tokio::spawn(background.run(stopped));
 
     let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(address = %listener.local_addr()?, "listening");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -94,42 +110,50 @@ pub async fn serve(
     Ok(())
 }
 
-/// Periodic work: follow the change log, flush uses, sweep limiter and cache state.
-async fn run_background(
+/// Periodic work: follow the change log and the signing keys (both every 500 ms, so a change
+/// anywhere is in force here within a second), flush uses, sweep limiter and cache state.
+struct Background {
     store: Arc<dyn Store>,
-    mut feed: ChangeFeed,
+    feed: ChangeFeed,
+    tokens: Arc<TokenService>,
     cache: KeyCache,
     usage: UsageRecorder,
     limiter: Arc<dyn RateLimiter>,
     failed_auth: Arc<FailedAuthLimiter>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut poll = tokio::time::interval(CHANGE_POLL);
-    let mut flush = tokio::time::interval(USAGE_FLUSH);
-    let mut sweep = tokio::time::interval(SWEEP);
-    for timer in [&mut poll, &mut flush, &mut sweep] {
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => return,
-            _ = poll.tick() => {
-                if let Err(e) = feed.poll().await {
-                    tracing::warn!(error = %e, "could not read the change log");
+}
+
+impl Background {
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        let mut poll = tokio::time::interval(CHANGE_POLL);
+        let mut flush = tokio::time::interval(USAGE_FLUSH);
+        let mut sweep = tokio::time::interval(SWEEP);
+        for timer in [&mut poll, &mut flush, &mut sweep] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = poll.tick() => {
+                    if let Err(e) = self.feed.poll().await {
+                        tracing::warn!(error = %e, "could not read the change log");
+                    }
+                    if let Err(e) = self.tokens.load_keys(crate::domain::now()).await {
+                        tracing::warn!(error = %e, "could not reload the signing keys");
+                    }
                 }
-            }
-            _ = flush.tick() => {
-                if let Err(e) = usage.flush(store.as_ref()).await {
-                    tracing::warn!(error = %e, "could not record last use");
+                _ = flush.tick() => {
+                    if let Err(e) = self.usage.flush(self.store.as_ref()).await {
+                        tracing::warn!(error = %e, "could not record last use");
+                    }
                 }
-            }
-            _ = sweep.tick() => {
-                let now = crate::domain::now();
-                limiter.sweep(now);
-                failed_auth.sweep(now);
-                cache.prune();
-                if let Err(e) = store.prune_changes(now - CHANGE_RETENTION).await {
-                    tracing::warn!(error = %e, "could not prune the change log");
+                _ = sweep.tick() => {
+                    let now = crate::domain::now();
+                    self.limiter.sweep(now);
+                    self.failed_auth.sweep(now);
+                    self.cache.prune();
+                    if let Err(e) = self.store.prune_changes(now - CHANGE_RETENTION).await {
+                        tracing::warn!(error = %e, "could not prune the change log");
+                    }
                 }
             }
         }

@@ -1,6 +1,6 @@
-//! The verification cache: key id → the client that owns it, so a warm key costs no database
-//! round trip. Bounded in size, entries live at most `ttl`, and a change to a client makes its
-//! entries stale at once.
+//! The verification cache: key id → the client that owns it, and client id → client (for
+//! access tokens), so a warm credential costs no database round trip. Bounded in size, entries
+//! live at most `ttl`, and a change to a client makes its entries stale at once.
 //!
 //! Invalidation is by client id and never misses a load racing with it: every entry remembers
 //! the invalidation epoch at which its database read *started*; invalidating a client bumps
@@ -15,13 +15,22 @@ use std::time::{Duration, Instant};
 use crate::domain::api_key::KeyId;
 use crate::domain::client::{Client, ClientId};
 
+/// What an entry is found by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    /// The id of a key the client holds (current or previous).
+    Key(KeyId),
+    /// The client's own id.
+    Client(ClientId),
+}
+
 #[derive(Clone)]
 pub struct KeyCache {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    entries: quick_cache::sync::Cache<KeyId, Entry>,
+    entries: quick_cache::sync::Cache<CacheKey, Entry>,
     ttl: Duration,
     epoch: AtomicU64,
     /// Clients invalidated recently, with the epoch of their invalidation. Pruned after `ttl`,
@@ -52,11 +61,11 @@ impl KeyCache {
         }
     }
 
-    /// The client owning `key_id`, if a fresh entry is cached.
-    pub fn get(&self, key_id: &KeyId) -> Option<Arc<Client>> {
-        let entry = self.inner.entries.get(key_id)?;
+    /// The client found by `key`, if a fresh entry is cached.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Client>> {
+        let entry = self.inner.entries.get(key)?;
         if entry.loaded_at.elapsed() >= self.inner.ttl || self.invalidated_since(&entry) {
-            self.inner.entries.remove(key_id);
+            self.inner.entries.remove(key);
             return None;
         }
         Some(entry.client)
@@ -67,13 +76,13 @@ impl KeyCache {
         LoadTicket(self.inner.epoch.load(Ordering::Acquire))
     }
 
-    pub fn insert(&self, key_id: KeyId, client: Arc<Client>, ticket: LoadTicket) {
+    pub fn insert(&self, key: CacheKey, client: Arc<Client>, ticket: LoadTicket) {
         let entry = Entry {
             client,
             loaded_at: Instant::now(),
             epoch: ticket.0,
         };
-        self.inner.entries.insert(key_id, entry);
+        self.inner.entries.insert(key, entry);
     }
 
     /// Makes every cached entry of `client_id` stale now.
@@ -126,7 +135,7 @@ mod tests {
     use crate::domain::api_key;
     use crate::domain::client::{ClientDraft, NewClient};
 
-    fn client() -> (KeyId, Arc<Client>) {
+    fn client() -> (CacheKey, Arc<Client>) {
         let key = api_key::generate().unwrap();
         let now = crate::domain::now();
         let draft = ClientDraft {
@@ -138,14 +147,14 @@ mod tests {
             &key,
             now,
         );
-        (key.key_id, Arc::new(client))
+        (CacheKey::Key(key.key_id), Arc::new(client))
     }
 
     #[test]
     fn a_cached_client_is_returned_until_invalidated() {
         let cache = KeyCache::new(10, Duration::from_secs(60));
         let (key_id, c) = client();
-        cache.insert(key_id, c.clone(), cache.ticket());
+        cache.insert(key_id.clone(), c.clone(), cache.ticket());
         assert!(cache.get(&key_id).is_some());
         cache.invalidate(&c.client_id);
         assert!(cache.get(&key_id).is_none());
@@ -157,7 +166,7 @@ mod tests {
         let (key_id, c) = client();
         let ticket = cache.ticket();
         cache.invalidate(&c.client_id); // the change lands while the read is in flight
-        cache.insert(key_id, c, ticket);
+        cache.insert(key_id.clone(), c, ticket);
         assert!(cache.get(&key_id).is_none());
     }
 
@@ -166,8 +175,8 @@ mod tests {
         let cache = KeyCache::new(10, Duration::from_secs(60));
         let (k1, c1) = client();
         let (k2, c2) = client();
-        cache.insert(k1, c1.clone(), cache.ticket());
-        cache.insert(k2, c2, cache.ticket());
+        cache.insert(k1.clone(), c1.clone(), cache.ticket());
+        cache.insert(k2.clone(), c2, cache.ticket());
         cache.invalidate(&c1.client_id);
         assert!(cache.get(&k1).is_none());
         assert!(cache.get(&k2).is_some());
@@ -177,7 +186,7 @@ mod tests {
     fn entries_expire_after_the_ttl() {
         let cache = KeyCache::new(10, Duration::ZERO);
         let (key_id, c) = client();
-        cache.insert(key_id, c, cache.ticket());
+        cache.insert(key_id.clone(), c, cache.ticket());
         assert!(cache.get(&key_id).is_none());
     }
 }

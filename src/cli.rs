@@ -52,8 +52,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Manage the keys that sign access tokens.
+    SigningKeys {
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: SigningKeysCommand,
+    },
     /// Apply the database migrations and exit.
     Migrate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SigningKeysCommand {
+    /// Make a new signing key current; the previous one keeps verifying until its tokens expire.
+    Rotate,
+    /// List the signing keys, newest first.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +150,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&cli.database).await?;
             clients(store, command, json).await
         }
+        Command::SigningKeys { json, command } => {
+            let store = open_store(&cli.database).await?;
+            signing_keys(store.as_ref(), command, json).await
+        }
     }
 }
 
@@ -165,34 +185,35 @@ async fn serve(db: &DatabaseArgs, args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("could not listen on {} (check RELAY_LISTEN)", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "listening");
-    crate::app::serve(&config, store, listener, shutdown_signal()).await
+    crate::app::serve(&config, store, listener, shutdown).await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGINT or SIGTERM. The handlers are installed now, before the server
+/// announces itself, so a signal sent right after start is never lost.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
 }
 
 fn parse_metadata(text: Option<String>) -> anyhow::Result<Option<Value>> {
@@ -320,6 +341,66 @@ async fn clients(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
                 println!("deleted {client_id}");
                 Ok(())
             }
+        }
+    }
+}
+
+async fn signing_keys(
+    store: &dyn Store,
+    command: SigningKeysCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        SigningKeysCommand::Rotate => {
+            let key = crate::token::rotate_signing_key(store, &Actor::Cli, domain::now())
+                .await
+                .map_err(explain)?;
+            if json {
+                print_json(&serde_json::json!({"kid": key.kid, "created_at": key.created_at}))
+            } else {
+                println!(
+                    "rotated: {} signs new tokens; servers pick it up within a second",
+                    key.kid
+                );
+                Ok(())
+            }
+        }
+        SigningKeysCommand::List => {
+            let keys = store.signing_keys().await?;
+            let rows: Vec<Value> = keys
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "kid": k.kid,
+                        "created_at": k.created_at,
+                        "retired_at": k.retired_at,
+                        "current": k.retired_at.is_none(),
+                    })
+                })
+                .collect();
+            if json {
+                return print_json(&serde_json::json!({ "keys": rows }));
+            }
+            println!(
+                "{:<44}  {:<8}  {:<32}  RETIRED_AT",
+                "KID", "STATUS", "CREATED_AT"
+            );
+            for k in &keys {
+                let status = if k.retired_at.is_none() {
+                    "current"
+                } else {
+                    "retired"
+                };
+                let retired = k.retired_at.map_or("-".to_string(), |t| t.to_rfc3339());
+                println!(
+                    "{:<44}  {:<8}  {:<32}  {}",
+                    k.kid,
+                    status,
+                    k.created_at.to_rfc3339(),
+                    retired
+                );
+            }
+            Ok(())
         }
     }
 }

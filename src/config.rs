@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
+use crate::domain::access_token::{MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenSettings};
+
 /// Where the data lives; shared by every command.
 #[derive(Args, Clone)]
 pub struct DatabaseArgs {
@@ -77,6 +79,16 @@ pub struct ServeArgs {
     /// Comma-separated proxy addresses whose X-Forwarded-For is believed.
     #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpAddr>,
+    /// Lifetime of access tokens in seconds (60..=86400).
+    #[arg(long, env = "RELAY_TOKEN_TTL", default_value_t = 900)]
+    pub token_ttl: u32,
+    /// `iss` of access tokens: the service's public URL, the same on every node
+    /// [default: http://<listen address>].
+    #[arg(long, env = "RELAY_ISSUER")]
+    pub issuer: Option<String>,
+    /// `aud` of access tokens.
+    #[arg(long, env = "RELAY_AUDIENCE", default_value = "egregore-relay")]
+    pub audience: String,
 }
 
 /// What `serve` runs with, validated.
@@ -87,6 +99,7 @@ pub struct ServeConfig {
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
     pub trusted_proxies: Vec<IpAddr>,
+    pub tokens: TokenSettings,
 }
 
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -106,12 +119,28 @@ impl ServeArgs {
         if self.cache_capacity == 0 {
             return Err("RELAY_CACHE_CAPACITY must be at least 1".into());
         }
+        if !(MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&self.token_ttl) {
+            return Err(format!(
+                "RELAY_TOKEN_TTL must be {MIN_TTL_SECONDS}..={MAX_TTL_SECONDS} seconds"
+            ));
+        }
+        let issuer = self
+            .issuer
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        if issuer.trim().is_empty() || self.audience.trim().is_empty() {
+            return Err("RELAY_ISSUER and RELAY_AUDIENCE must not be empty".into());
+        }
         Ok(ServeConfig {
             listen: self.listen,
             admin_token,
             cache_ttl: Duration::from_secs(self.cache_ttl),
             cache_capacity: self.cache_capacity,
             trusted_proxies: self.trusted_proxies,
+            tokens: TokenSettings {
+                issuer,
+                audience: self.audience,
+                ttl_seconds: self.token_ttl,
+            },
         })
     }
 }
@@ -125,6 +154,11 @@ impl ServeConfig {
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             trusted_proxies: Vec::new(),
+            tokens: TokenSettings {
+                issuer: "http://127.0.0.1".into(),
+                audience: "egregore-relay".into(),
+                ttl_seconds: 900,
+            },
         }
     }
 }
@@ -150,6 +184,21 @@ mod tests {
         );
         let args = Cli::parse_from(["x", "--admin-token", ""]).serve;
         assert!(args.into_config().unwrap().admin_token.is_none());
+    }
+
+    #[test]
+    fn token_settings_are_validated_and_default_from_the_listen_address() {
+        let config = Cli::parse_from(["x", "--listen", "127.0.0.1:9"])
+            .serve
+            .into_config()
+            .unwrap();
+        assert_eq!(config.tokens.issuer, "http://127.0.0.1:9");
+        assert_eq!(config.tokens.audience, "egregore-relay");
+        assert_eq!(config.tokens.ttl_seconds, 900);
+        for ttl in ["59", "86401"] {
+            let args = Cli::parse_from(["x", "--token-ttl", ttl]).serve;
+            assert!(args.into_config().unwrap_err().contains("RELAY_TOKEN_TTL"));
+        }
     }
 
     #[test]

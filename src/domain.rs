@@ -2,12 +2,14 @@
 //! rate-limit arithmetic and audit records. Pure code: no I/O, no SQL, no HTTP, and the clock
 //! is always an argument (`now`) so tests never sleep.
 
+pub mod access_token;
 pub mod api_key;
 pub mod audit;
 pub mod client;
 pub mod error;
 pub mod rate_limit;
 pub mod scope;
+pub mod signing_key;
 
 pub use error::{Error, FieldError};
 

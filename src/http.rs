@@ -1,18 +1,19 @@
 //! The HTTP edge (axum only): routes, extractors, error shapes, request metrics. No SQL,
-//! hashing or business rules here: handlers call `admin`, `verifier` and `limiter`.
+//! hashing or business rules here: handlers call `admin`, `verifier`, `token` and `limiter`.
 
 mod admin;
 mod error;
 mod extract;
 mod openapi;
 mod ops;
+mod token;
 mod verify;
 
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
@@ -22,6 +23,7 @@ pub use openapi::document as openapi_document;
 pub use verify::VerifyResponse;
 
 use crate::app::AppState;
+use crate::domain::rate_limit::Decision;
 use crate::metrics::HttpLabels;
 
 /// Bodies of the service's own endpoints are capped at 64 KiB.
@@ -32,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::routes())
         .merge(admin::routes())
         .merge(verify::routes())
+        .merge(token::routes())
         .fallback(not_found)
         .layer(middleware::map_response(problem_for_bare_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -83,4 +86,20 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
         .metrics
         .observe_http(labels, started.elapsed().as_secs_f64());
     response
+}
+
+/// The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-10) for a decision.
+pub(crate) fn rate_limit_headers(d: &Decision) -> [(HeaderName, HeaderValue); 2] {
+    let policy = format!("\"default\";q={};w=60", d.limit);
+    let state = format!("\"default\";r={};t={}", d.remaining, d.reset_seconds);
+    [
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("")),
+        ),
+        (
+            HeaderName::from_static("ratelimit"),
+            HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
+        ),
+    ]
 }

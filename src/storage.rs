@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId, PreviousKey, StoredKey};
+use crate::domain::signing_key::SigningKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +105,20 @@ pub trait Store: Send + Sync {
     async fn latest_change(&self) -> Result<i64, Error>;
     /// Forgets change records older than `before`.
     async fn prune_changes(&self, before: DateTime<Utc>) -> Result<(), Error>;
+
+    /// Every stored token-signing key, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error>;
+    /// Stores `key` as the current signing key unless there is one already (checked and written
+    /// under a lock, so nodes starting together create one key); returns whether it did.
+    async fn insert_first_signing_key(&self, key: &SigningKey) -> Result<bool, Error>;
+    /// In one transaction: retires the current key, stores `key` as current, forgets keys
+    /// retired before `forget_retired_before`, and writes `audit`.
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKey,
+        forget_retired_before: DateTime<Utc>,
+        audit: &NewAuditEvent,
+    ) -> Result<(), Error>;
 }
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and applies the migrations.
@@ -137,6 +152,7 @@ struct ClientParts {
     prev_key_id: Option<String>,
     prev_key_hash: Option<String>,
     prev_key_expires_at: Option<DateTime<Utc>>,
+    token_generation: i64,
 }
 
 impl ClientParts {
@@ -179,6 +195,7 @@ impl ClientParts {
             last_used_at: self.last_used_at,
             key,
             previous_key,
+            token_generation: self.token_generation,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::cache::KeyCache;
+use crate::cache::{CacheKey, KeyCache};
 use crate::domain::api_key::{self, KeyHash};
 use crate::domain::audit::Actor;
 use crate::domain::client::{Client, ClientStatus};
@@ -73,7 +73,8 @@ impl Verifier {
         let Some(presented) = api_key::parse(key) else {
             return Ok(KeyCheck::NotFound);
         };
-        let cached = self.cache.get(&presented.key_id);
+        let cache_key = CacheKey::Key(presented.key_id);
+        let cached = self.cache.get(&cache_key);
         self.metrics.observe_cache(cached.is_some());
         let client = match cached {
             Some(client) => client,
@@ -83,7 +84,7 @@ impl Verifier {
                     return Ok(KeyCheck::NotFound);
                 };
                 let client = Arc::new(client);
-                self.cache.insert(presented.key_id, client.clone(), ticket);
+                self.cache.insert(cache_key, client.clone(), ticket);
                 client
             }
         };

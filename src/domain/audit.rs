@@ -32,6 +32,7 @@ pub enum Action {
     Enabled,
     KeyRegenerated,
     Deleted,
+    SigningKeyRotated,
 }
 
 impl Action {
@@ -43,6 +44,7 @@ impl Action {
             Action::Enabled => "client.enabled",
             Action::KeyRegenerated => "client.key_regenerated",
             Action::Deleted => "client.deleted",
+            Action::SigningKeyRotated => "signing_key.rotated",
         }
     }
 }
@@ -71,6 +73,19 @@ impl NewAuditEvent {
             action: action.as_str(),
             client_id: Some(client_id.clone()),
             changes,
+        }
+    }
+}
+
+impl NewAuditEvent {
+    /// A rotation of the token-signing key: no client, the new key's id in `changes`.
+    pub fn signing_key_rotated(at: DateTime<Utc>, actor: &Actor, kid: &str) -> Self {
+        NewAuditEvent {
+            at,
+            actor: actor.name().to_string(),
+            action: Action::SigningKeyRotated.as_str(),
+            client_id: None,
+            changes: serde_json::json!({ "kid": kid }),
         }
     }
 }

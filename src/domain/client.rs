@@ -84,6 +84,9 @@ pub struct Client {
     /// `None` for an adopted client whose legacy key has not been replaced yet.
     pub key: Option<StoredKey>,
     pub previous_key: Option<PreviousKey>,
+    /// Moves on when the client is disabled or its key is regenerated without grace; access
+    /// tokens carry the generation they were issued in and die when it moves.
+    pub token_generation: i64,
 }
 
 /// Whether a client may authenticate now, in the order verification reports it.
@@ -255,6 +258,7 @@ impl NewClient {
                 hash: key.hash,
             }),
             previous_key: None,
+            token_generation: 0,
         }
     }
 }
@@ -340,6 +344,10 @@ impl ClientUpdate {
         if !diff.is_empty() {
             new.updated_at = now;
         }
+        // A disable ends every access token issued so far; re-enabling does not revive them.
+        if old.enabled && !new.enabled {
+            new.token_generation += 1;
+        }
         (new, Value::Object(diff))
     }
 }
@@ -365,6 +373,10 @@ pub fn regenerate(
         hash: key.hash,
     });
     new.updated_at = now;
+    // Without grace the old key ends now, and with it every token obtained so far.
+    if grace_seconds == 0 {
+        new.token_generation += 1;
+    }
     let changes = json!({
         "key_prefix": {"from": client.key_prefix(), "to": new.key_prefix()},
         "grace_period_seconds": grace_seconds,
@@ -585,6 +597,21 @@ mod tests {
         );
         assert!(c.accepts_key(&presented(&second), now()));
         assert!(c.accepts_key(&presented(&third), now()));
+    }
+
+    #[test]
+    fn disabling_and_regenerating_without_grace_move_the_token_generation() {
+        let (c, _) = client();
+        let (disabled, _) = ClientUpdate::enabled(false).apply(&c, now());
+        assert_eq!(disabled.token_generation, 1);
+        let (enabled, _) = ClientUpdate::enabled(true).apply(&disabled, now());
+        assert_eq!(
+            enabled.token_generation, 1,
+            "enabling does not revive old tokens"
+        );
+        let key = api_key::generate().unwrap();
+        assert_eq!(regenerate(&c, &key, 60, now()).0.token_generation, 0);
+        assert_eq!(regenerate(&c, &key, 0, now()).0.token_generation, 1);
     }
 
     #[test]

@@ -127,3 +127,119 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The OAuth 2.0 error object (RFC 6749 §5.2), for `/v1/token` and `/v1/introspect`.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// The `WWW-Authenticate` scheme of a 401: the one the client tried.
+    challenge: &'static str,
+    retry_after: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OAuthErrorBody {
+    error: &'static str,
+    error_description: String,
+}
+
+impl OAuthError {
+    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            error,
+            description: description.into(),
+            challenge: "Bearer",
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// Failed client authentication; `challenge` is `Basic` or `Bearer`.
+    pub fn invalid_client(challenge: &'static str) -> Self {
+        OAuthError {
+            challenge,
+            ..OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            )
+        }
+    }
+
+    pub fn too_many_requests(retry_after_seconds: u64, description: &str) -> Self {
+        OAuthError {
+            retry_after: Some(retry_after_seconds),
+            ..OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                description,
+            )
+        }
+    }
+
+    /// Any other failure an OAuth endpoint reports with this status.
+    pub fn from_status(status: StatusCode) -> Self {
+        let description = status.canonical_reason().unwrap_or("error");
+        match status {
+            StatusCode::UNAUTHORIZED => OAuthError::invalid_client("Bearer"),
+            s if s.is_server_error() => OAuthError::new(s, "server_error", description),
+            s => OAuthError::new(s, "invalid_request", description),
+        }
+    }
+}
+
+impl From<domain::Error> for OAuthError {
+    fn from(e: domain::Error) -> Self {
+        match e {
+            domain::Error::Unauthenticated => OAuthError::invalid_client("Bearer"),
+            domain::Error::Forbidden(scope) => OAuthError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!("the credential does not hold the scope {scope:?}"),
+            ),
+            domain::Error::RateLimited {
+                retry_after_seconds,
+            } => OAuthError::too_many_requests(retry_after_seconds, "too many requests"),
+            domain::Error::Invalid(_) => OAuthError::invalid_request("invalid request"),
+            domain::Error::NotFound => OAuthError::invalid_request("not found"),
+            other => {
+                let problem = ApiError::from(other);
+                OAuthError::new(
+                    problem.status(),
+                    "server_error",
+                    "the server could not answer",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = OAuthErrorBody {
+            error: self.error,
+            error_description: self.description,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.challenge == "Basic" {
+                HeaderValue::from_static("Basic realm=\"egregore-relay\"")
+            } else {
+                HeaderValue::from_static("Bearer")
+            };
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

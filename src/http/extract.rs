@@ -228,30 +228,36 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
-        let now = domain::now();
-        if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
-            return Err(ApiError::rate_limited(
-                wait,
-                "too many failed authentications",
-            ));
-        }
-        let result = match credential(&parts.headers) {
-            Some(credential) => state.verifier.authorize(credential, S::SCOPE, now).await,
-            None => Err(domain::Error::Unauthenticated),
-        };
-        match result {
-            Ok(actor) => Ok(Authorized {
-                actor,
-                scope: PhantomData,
-            }),
-            Err(domain::Error::Unauthenticated) => {
-                state.failed_auth.record_failure(addr, now);
-                Err(domain::Error::Unauthenticated.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let actor = authorize(parts, state, S::SCOPE).await?;
+        Ok(Authorized {
+            actor,
+            scope: PhantomData,
+        })
     }
+}
+
+/// Checks the request's credential for `scope`, counting failures against the caller's
+/// address and refusing an address that has failed too often.
+pub async fn authorize(
+    parts: &mut Parts,
+    state: &AppState,
+    scope: &'static str,
+) -> Result<Actor, domain::Error> {
+    let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
+    let now = domain::now();
+    if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
+        return Err(domain::Error::RateLimited {
+            retry_after_seconds: wait,
+        });
+    }
+    let result = match credential(&parts.headers) {
+        Some(credential) => state.verifier.authorize(credential, scope, now).await,
+        None => Err(domain::Error::Unauthenticated),
+    };
+    if matches!(result, Err(domain::Error::Unauthenticated)) {
+        state.failed_auth.record_failure(addr, now);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -21,6 +21,10 @@ use utoipa::{Modify, OpenApi};
         super::admin::delete_client,
         super::admin::list_audit,
         super::verify::verify_key,
+        super::token::exchange_token,
+        super::token::introspect,
+        super::token::jwks,
+        super::token::server_metadata,
     ),
     modifiers(&BearerAuth)
 )]

@@ -14,11 +14,12 @@ use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, Ke
 use crate::domain::api_key::KeyId;
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
+use crate::domain::signing_key::SigningKey;
 
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, COALESCE(name, '') AS name, \
     COALESCE(scopes, '{}') AS scopes, COALESCE(rate_limit, 100) AS rate_limit, \
     COALESCE(enabled, FALSE) AS enabled, expires_at, COALESCE(created_at, updated_at) AS created_at, \
-    updated_at, last_used_at, metadata, key_id, prev_key_id, prev_key_hash, prev_key_expires_at";
+    updated_at, last_used_at, metadata, key_id, prev_key_id, prev_key_hash, prev_key_expires_at, token_generation";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -53,6 +54,7 @@ struct ClientRow {
     prev_key_id: Option<String>,
     prev_key_hash: Option<String>,
     prev_key_expires_at: Option<DateTime<Utc>>,
+    token_generation: i64,
 }
 
 impl ClientRow {
@@ -74,6 +76,7 @@ impl ClientRow {
             prev_key_id: self.prev_key_id,
             prev_key_hash: self.prev_key_hash,
             prev_key_expires_at: self.prev_key_expires_at,
+            token_generation: self.token_generation,
         }
         .into_client()
     }
@@ -109,11 +112,13 @@ async fn insert_audit(
     .bind(Json(&event.changes))
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO client_changes (client_id, at) VALUES ($1, $2)")
-        .bind(event.client_id.as_ref().map(ClientId::as_str))
-        .bind(event.at)
-        .execute(&mut **tx)
-        .await?;
+    if let Some(client_id) = &event.client_id {
+        sqlx::query("INSERT INTO client_changes (client_id, at) VALUES ($1, $2)")
+            .bind(client_id.as_str())
+            .bind(event.at)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -225,7 +230,7 @@ impl Store for PostgresStore {
             "UPDATE api_clients SET name = $1, scopes = $2, rate_limit = $3, enabled = $4, \
              expires_at = $5, metadata = $6, updated_at = $7, key_id = $8, \
              api_key_hash = COALESCE($9, api_key_hash), prev_key_id = $10, prev_key_hash = $11, \
-             prev_key_expires_at = $12 WHERE id = $13",
+             prev_key_expires_at = $12, token_generation = $13 WHERE id = $14",
         )
         .bind(&new.name)
         .bind(&new.scopes)
@@ -239,6 +244,7 @@ impl Store for PostgresStore {
         .bind(keys.prev_key_id)
         .bind(keys.prev_key_hash)
         .bind(keys.prev_key_expires_at)
+        .bind(new.token_generation)
         .bind(old.row_id)
         .execute(&mut *tx)
         .await?;
@@ -345,4 +351,71 @@ impl Store for PostgresStore {
             .await?;
         Ok(())
     }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error> {
+        let rows: Vec<(Vec<u8>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT private_key, created_at, retired_at FROM signing_keys ORDER BY created_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seed, created, retired)| SigningKey::from_stored(&seed, created, retired))
+            .collect())
+    }
+
+    async fn insert_first_signing_key(&self, key: &SigningKey) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        // Nodes starting together on a fresh database: one of them creates the key.
+        sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.is_some() {
+            return Ok(false);
+        }
+        insert_signing_key(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKey,
+        forget_retired_before: DateTime<Utc>,
+        audit: &NewAuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE retired_at < $1")
+            .bind(forget_retired_before)
+            .execute(&mut *tx)
+            .await?;
+        insert_signing_key(&mut tx, key).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_signing_key(
+    tx: &mut Transaction<'static, Postgres>,
+    key: &SigningKey,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO signing_keys (kid, private_key, created_at) VALUES ($1, $2, $3)")
+        .bind(&key.kid)
+        .bind(key.seed().as_slice())
+        .bind(key.created_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

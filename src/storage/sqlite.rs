@@ -13,10 +13,11 @@ use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, Ke
 use crate::domain::api_key::KeyId;
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
+use crate::domain::signing_key::SigningKey;
 
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, name, scopes, rate_limit, enabled, \
     expires_at, created_at, updated_at, last_used_at, metadata, key_id, prev_key_id, \
-    prev_key_hash, prev_key_expires_at";
+    prev_key_hash, prev_key_expires_at, token_generation";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -59,6 +60,7 @@ struct ClientRow {
     prev_key_id: Option<String>,
     prev_key_hash: Option<String>,
     prev_key_expires_at: Option<i64>,
+    token_generation: i64,
 }
 
 fn time(micros: i64) -> DateTime<Utc> {
@@ -88,6 +90,7 @@ impl ClientRow {
             prev_key_id: self.prev_key_id,
             prev_key_hash: self.prev_key_hash,
             prev_key_expires_at: self.prev_key_expires_at.map(time),
+            token_generation: self.token_generation,
         }
         .into_client()
     }
@@ -121,11 +124,13 @@ async fn insert_audit(
     .bind(json_text(&event.changes))
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO client_changes (client_id, at) VALUES (?, ?)")
-        .bind(event.client_id.as_ref().map(ClientId::as_str))
-        .bind(micros(event.at))
-        .execute(&mut **tx)
-        .await?;
+    if let Some(client_id) = &event.client_id {
+        sqlx::query("INSERT INTO client_changes (client_id, at) VALUES (?, ?)")
+            .bind(client_id.as_str())
+            .bind(micros(event.at))
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -235,7 +240,7 @@ impl Store for SqliteStore {
             "UPDATE api_clients SET name = ?, scopes = ?, rate_limit = ?, enabled = ?, \
              expires_at = ?, metadata = ?, updated_at = ?, key_id = ?, \
              api_key_hash = COALESCE(?, api_key_hash), prev_key_id = ?, prev_key_hash = ?, \
-             prev_key_expires_at = ? WHERE id = ?",
+             prev_key_expires_at = ?, token_generation = ? WHERE id = ?",
         )
         .bind(&new.name)
         .bind(json_text(&new.scopes))
@@ -249,6 +254,7 @@ impl Store for SqliteStore {
         .bind(keys.prev_key_id)
         .bind(keys.prev_key_hash)
         .bind(keys.prev_key_expires_at.map(micros))
+        .bind(new.token_generation)
         .bind(old.row_id)
         .execute(&mut *tx)
         .await?;
@@ -355,4 +361,66 @@ impl Store for SqliteStore {
             .await?;
         Ok(())
     }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error> {
+        let rows: Vec<(Vec<u8>, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT private_key, created_at, retired_at FROM signing_keys ORDER BY created_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seed, created, retired)| {
+                SigningKey::from_stored(&seed, time(created), retired.map(time))
+            })
+            .collect())
+    }
+
+    async fn insert_first_signing_key(&self, key: &SigningKey) -> Result<bool, Error> {
+        let mut tx = self.write_tx().await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.is_some() {
+            return Ok(false);
+        }
+        insert_signing_key(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKey,
+        forget_retired_before: DateTime<Utc>,
+        audit: &NewAuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+            .bind(micros(key.created_at))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE retired_at < ?")
+            .bind(micros(forget_retired_before))
+            .execute(&mut *tx)
+            .await?;
+        insert_signing_key(&mut tx, key).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_signing_key(
+    tx: &mut Transaction<'static, sqlx::Sqlite>,
+    key: &SigningKey,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO signing_keys (kid, private_key, created_at) VALUES (?, ?, ?)")
+        .bind(&key.kid)
+        .bind(key.seed().as_slice())
+        .bind(micros(key.created_at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -10,4 +10,5 @@ mod errors;
 mod ops;
 mod storage;
 mod support;
+mod token;
 mod verify;

@@ -92,6 +92,10 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/admin/clients/{client_id}/regenerate", "post"),
         ("/admin/audit", "get"),
         ("/v1/keys/verify", "post"),
+        ("/v1/token", "post"),
+        ("/v1/introspect", "post"),
+        ("/.well-known/jwks.json", "get"),
+        ("/.well-known/oauth-authorization-server", "get"),
     ];
     for (path, method) in expected {
         assert!(

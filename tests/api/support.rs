@@ -108,10 +108,11 @@ impl TestApp {
         TestApp::spawn_on(db, config).await
     }
 
-    pub async fn spawn_on(db: TestDb, config: ServeConfig) -> TestApp {
+    pub async fn spawn_on(db: TestDb, mut config: ServeConfig) -> TestApp {
         let store = db.open().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        config.tokens.issuer = base.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server_store = store.clone();
         let server = tokio::spawn(async move {

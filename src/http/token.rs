@@ -1,0 +1,456 @@
+//! OAuth 2.0 endpoints: the client-credentials token exchange (RFC 6749 §4.4), introspection
+//! (RFC 7662), the JWKS (RFC 7517) and the server metadata (RFC 8414). Errors here use the
+//! OAuth error object, never problem+json.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::error::{OAuthError, OAuthErrorBody};
+use super::extract::{ClientAddr, authorize};
+use super::rate_limit_headers;
+use crate::app::AppState;
+use crate::domain::{self, scope};
+use crate::token::ExchangeError;
+use crate::verifier::KeyCheck;
+
+pub fn routes() -> Router<AppState> {
+    let oauth = Router::new()
+        .route("/v1/token", post(exchange_token))
+        .route("/v1/introspect", post(introspect))
+        .layer(middleware::map_response(oauth_for_bare_errors));
+    Router::new()
+        .merge(oauth)
+        .route("/.well-known/jwks.json", get(jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(server_metadata),
+        )
+}
+
+/// A 405 (with `Allow`) or other bodiless error from these routes, in the OAuth shape.
+async fn oauth_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let (oauth_parts, body) = OAuthError::from_status(status).into_response().into_parts();
+    for (name, value) in &oauth_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+/// The request parameters: a form (`application/x-www-form-urlencoded`) or a JSON object of
+/// strings. A parameter sent twice is `invalid_request` (RFC 6749 §3.2).
+pub struct OAuthParams(HashMap<String, String>);
+
+impl OAuthParams {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for OAuthParams {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| OAuthError::from_status(e.status()))?;
+        let pairs: Vec<(String, String)> = match content_type.as_str() {
+            "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(&body)
+                .map_err(|_| OAuthError::invalid_request("the form could not be parsed"))?,
+            "application/json" => {
+                let object: serde_json::Map<String, Value> = serde_json::from_slice(&body)
+                    .map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
+                object
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => Ok((k, s)),
+                        _ => Err(OAuthError::invalid_request(format!("{k} must be a string"))),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            _ => {
+                return Err(OAuthError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_request",
+                    "send application/x-www-form-urlencoded or application/json",
+                ));
+            }
+        };
+        let mut params = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if params.insert(name.clone(), value).is_some() {
+                return Err(OAuthError::invalid_request(format!(
+                    "{name} is sent more than once"
+                )));
+            }
+        }
+        Ok(OAuthParams(params))
+    }
+}
+
+/// How the client authenticated at the token endpoint.
+enum ClientAuth {
+    /// RFC 6749 §2.3.1 HTTP Basic: form-urlencoded id and secret.
+    Basic { client_id: String, secret: String },
+    /// `Authorization: Bearer` or `X-API-Key`.
+    Header(String),
+    /// Form fields `client_id` + `client_secret`.
+    Form { client_id: String, secret: String },
+}
+
+impl ClientAuth {
+    fn challenge(&self) -> &'static str {
+        match self {
+            ClientAuth::Header(_) => "Bearer",
+            _ => "Basic",
+        }
+    }
+
+    fn secret(&self) -> &str {
+        match self {
+            ClientAuth::Basic { secret, .. } | ClientAuth::Form { secret, .. } => secret,
+            ClientAuth::Header(key) => key,
+        }
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        match self {
+            ClientAuth::Basic { client_id, .. } | ClientAuth::Form { client_id, .. } => {
+                Some(client_id)
+            }
+            ClientAuth::Header(_) => None,
+        }
+    }
+
+    /// Reads the one authentication method used. `Authorization` wins over `X-API-Key`, as
+    /// everywhere; a header credential together with `client_secret` is two methods.
+    fn from_request(headers: &HeaderMap, params: &OAuthParams) -> Result<Self, OAuthError> {
+        let header_auth = match headers.get(header::AUTHORIZATION) {
+            Some(value) => Some(parse_authorization(value)?),
+            None => headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| ClientAuth::Header(v.trim().to_string())),
+        };
+        let form_secret = params.get("client_secret");
+        match (header_auth, form_secret) {
+            (Some(_), Some(_)) => Err(OAuthError::invalid_request(
+                "use one client authentication method",
+            )),
+            (Some(auth), None) => Ok(auth),
+            (None, Some(secret)) => Ok(ClientAuth::Form {
+                client_id: params.get("client_id").unwrap_or_default().to_string(),
+                secret: secret.to_string(),
+            }),
+            (None, None) => Err(OAuthError::invalid_client("Basic")),
+        }
+    }
+}
+
+fn parse_authorization(value: &HeaderValue) -> Result<ClientAuth, OAuthError> {
+    let value = value
+        .to_str()
+        .map_err(|_| OAuthError::invalid_client("Basic"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(ClientAuth::Header(rest.to_string()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::invalid_client("Basic"));
+    }
+    let decoded = STANDARD
+        .decode(rest)
+        .map_err(|_| OAuthError::invalid_client("Basic"))?;
+    let decoded = String::from_utf8(decoded).map_err(|_| OAuthError::invalid_client("Basic"))?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(|| OAuthError::invalid_client("Basic"))?;
+    Ok(ClientAuth::Basic {
+        client_id: form_decode(id)?,
+        secret: form_decode(secret)?,
+    })
+}
+
+/// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64.
+fn form_decode(text: &str) -> Result<String, OAuthError> {
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| OAuthError::invalid_client("Basic"))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    expires_in: i64,
+    scope: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the form; the handler reads `OAuthParams`
+pub struct TokenRequest {
+    /// `client_credentials`.
+    grant_type: String,
+    /// Space-separated subset of the client's scopes (default: all of them).
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/token", tag = "oauth",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody),
+              (status = 401, body = OAuthErrorBody), (status = 429, body = OAuthErrorBody)))]
+pub async fn exchange_token(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    params: OAuthParams,
+) -> Result<Response, OAuthError> {
+    let now = domain::now();
+    match params.get("grant_type") {
+        None => return Err(OAuthError::invalid_request("grant_type is required")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials is supported",
+            ));
+        }
+    }
+    if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
+        return Err(OAuthError::too_many_requests(
+            wait,
+            "too many failed authentications",
+        ));
+    }
+    let auth = ClientAuth::from_request(&headers, &params)?;
+    let client = match state
+        .verifier
+        .check_key(auth.secret(), now)
+        .await
+        .map_err(domain::Error::from)?
+    {
+        KeyCheck::Valid(client)
+            if auth
+                .client_id()
+                .is_none_or(|id| id == client.client_id.as_str()) =>
+        {
+            client
+        }
+        _ => {
+            state.failed_auth.record_failure(addr, now);
+            return Err(OAuthError::invalid_client(auth.challenge()));
+        }
+    };
+    let (issued, decision) = match state
+        .tokens
+        .exchange(&client, params.get("scope"), now)
+        .await
+    {
+        Ok(done) => done,
+        Err(ExchangeError::InvalidScope(scope)) => {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!("the client does not hold scope {scope:?}"),
+            ));
+        }
+        Err(ExchangeError::RateLimited(decision)) => {
+            let mut response =
+                OAuthError::too_many_requests(decision.retry_after_seconds, "rate limit exceeded")
+                    .into_response();
+            response.headers_mut().extend(rate_limit_headers(&decision));
+            return Ok(response);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not issue a token");
+            return Err(OAuthError::from_status(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+    };
+    let body = TokenResponse {
+        access_token: issued.access_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        scope: issued.scope,
+    };
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.extend(rate_limit_headers(&decision));
+    Ok(response)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the form; the handler reads `OAuthParams`
+pub struct IntrospectionRequest {
+    /// An access token or an API key.
+    token: String,
+    token_type_hint: Option<String>,
+}
+
+/// `{"active": false}`, or the token's details when it is active.
+#[derive(Serialize, ToSchema)]
+pub struct IntrospectionResponse {
+    active: bool,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    details: serde_json::Map<String, Value>,
+}
+
+#[utoipa::path(post, path = "/v1/introspect", tag = "oauth",
+    request_body(content = IntrospectionRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = IntrospectionResponse), (status = 400, body = OAuthErrorBody),
+              (status = 401, body = OAuthErrorBody), (status = 403, body = OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn introspect(
+    State(state): State<AppState>,
+    caller: IntrospectionCaller,
+    params: OAuthParams,
+) -> Result<Response, OAuthError> {
+    let _ = caller;
+    let token = params
+        .get("token")
+        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    let now = domain::now();
+    let details = if token.starts_with(domain::api_key::PREFIX) {
+        match state
+            .verifier
+            .check_key(token, now)
+            .await
+            .map_err(domain::Error::from)?
+        {
+            KeyCheck::Valid(client) => {
+                let mut details = json!({
+                    "client_id": client.client_id.as_str(),
+                    "sub": client.client_id.as_str(),
+                    "scope": client.scopes.join(" "),
+                    "token_type": "api_key",
+                });
+                if let Some(expires_at) = client.expires_at {
+                    details["exp"] = json!(expires_at.timestamp());
+                }
+                Some(details)
+            }
+            _ => None,
+        }
+    } else {
+        match state
+            .tokens
+            .accept(token, now)
+            .await
+            .map_err(domain::Error::from)?
+        {
+            Ok(accepted) => Some(json!({
+                "client_id": accepted.claims.client_id,
+                "sub": accepted.claims.sub,
+                "scope": accepted.scopes.join(" "),
+                "exp": accepted.claims.exp,
+                "iat": accepted.claims.iat,
+                "iss": accepted.claims.iss,
+                "aud": accepted.claims.aud,
+                "jti": accepted.claims.jti,
+                "token_type": "Bearer",
+            })),
+            Err(_) => None,
+        }
+    };
+    let body = match details {
+        Some(Value::Object(details)) => IntrospectionResponse {
+            active: true,
+            details,
+        },
+        _ => IntrospectionResponse {
+            active: false,
+            details: serde_json::Map::new(),
+        },
+    };
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// An introspection caller: the admin credential or a client holding `keys:verify`, with
+/// failures answered in the OAuth shape.
+pub struct IntrospectionCaller;
+
+impl FromRequestParts<AppState> for IntrospectionCaller {
+    type Rejection = OAuthError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authorize(parts, state, scope::KEYS_VERIFY).await?;
+        Ok(IntrospectionCaller)
+    }
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth",
+    responses((status = 200, description = "The public signing keys (RFC 7517)", content_type = "application/json")))]
+pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(state.tokens.keyring().jwks()),
+    )
+}
+
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
+    responses((status = 200, description = "Authorization server metadata (RFC 8414)", content_type = "application/json")))]
+pub async fn server_metadata(State(state): State<AppState>) -> Json<Value> {
+    let issuer = state
+        .tokens
+        .settings()
+        .issuer
+        .trim_end_matches('/')
+        .to_string();
+    Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/v1/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{issuer}/v1/introspect"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+        "scopes_supported": [scope::ADMIN, "chat", "history", scope::KEYS_VERIFY],
+    }))
+}
