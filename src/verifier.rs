@@ -94,11 +94,13 @@ impl Verifier {
         Ok(match client.status(now) {
             ClientStatus::Disabled => KeyCheck::Disabled,
             ClientStatus::Expired => KeyCheck::Expired,
-            ClientStatus::Active => {
-                self.usage.record(&client.client_id, now);
-                KeyCheck::Valid(client)
-            }
+            ClientStatus::Active => KeyCheck::Valid(client),
         })
+    }
+
+    /// Notes a successful use of the client's credential for `last_used_at` (batched).
+    pub fn record_use(&self, client: &Client, now: DateTime<Utc>) {
+        self.usage.record(&client.client_id, now);
     }
 
     /// Authorizes a credential for an endpoint needing `scope` (the admin token and clients
@@ -119,6 +121,7 @@ impl Verifier {
             KeyCheck::Valid(client)
                 if client.has_scope(scope::ADMIN) || client.has_scope(scope) =>
             {
+                self.record_use(&client, now);
                 Ok(Actor::Client(client.client_id.clone()))
             }
             KeyCheck::Valid(_) => Err(Error::Forbidden(scope)),

@@ -277,6 +277,7 @@ pub async fn exchange_token(
             return Err(OAuthError::invalid_client(auth.challenge()));
         }
     };
+    state.verifier.record_use(&client, now);
     let (issued, decision) = match state
         .tokens
         .exchange(&client, params.get("scope"), now)

@@ -98,6 +98,7 @@ pub async fn verify_key(
         return Ok(invalid("RATE_LIMITED"));
     }
     state.metrics.observe_verification("VALID");
+    state.verifier.record_use(&client, now);
     Ok(Json(VerifyResponse::Valid(ValidKey {
         valid: true,
         client_id: client.client_id.to_string(),
