@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -14,7 +15,7 @@ use crate::cache::KeyCache;
 use crate::change_feed::ChangeFeed;
 use crate::config::ServeConfig;
 use crate::keyring::KeyRing;
-use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter};
+use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::Store;
 use crate::token::TokenService;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub admin: Arc<ClientAdmin>,
     pub verifier: Arc<Verifier>,
     pub tokens: Arc<TokenService>,
+    pub relay: Arc<crate::http::Relay>,
     pub limiter: Arc<dyn RateLimiter>,
     pub failed_auth: Arc<FailedAuthLimiter>,
     pub metrics: Arc<Metrics>,
@@ -52,7 +54,14 @@ pub async fn serve(
     let cache = KeyCache::new(config.cache_capacity, config.cache_ttl);
     let usage = UsageRecorder::default();
     let metrics = Arc::new(Metrics::default());
-    let limiter: Arc<dyn RateLimiter> = Arc::new(LocalRateLimiter::default());
+    let limiter: Arc<dyn RateLimiter> = match &config.redis {
+        Some(redis) => Arc::new(RedisRateLimiter::start(
+            redis.url.expose_secret(),
+            &redis.prefix,
+            metrics.limiter_fallbacks.clone(),
+        )?),
+        None => Arc::new(LocalRateLimiter::default()),
+    };
     let failed_auth = Arc::new(FailedAuthLimiter::default());
     let feed = ChangeFeed::start(store.clone(), cache.clone()).await?;
     let token_lifetime = chrono::Duration::seconds(i64::from(config.tokens.ttl_seconds))
@@ -75,6 +84,10 @@ pub async fn serve(
             config.admin_token.as_ref(),
         )),
         tokens: tokens.clone(),
+        relay: Arc::new(crate::http::Relay::new(
+            config.routes.clone(),
+            config.upstream_timeouts,
+        )),
         store: store.clone(),
         limiter: limiter.clone(),
         failed_auth: failed_auth.clone(),

@@ -3,12 +3,15 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
+use serde::Deserialize;
 
 use crate::domain::access_token::{MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenSettings};
+use crate::domain::route::{Route, RouteTable};
 
 /// Where the data lives; shared by every command.
 #[derive(Args, Clone)]
@@ -89,6 +92,58 @@ pub struct ServeArgs {
     /// `aud` of access tokens.
     #[arg(long, env = "RELAY_AUDIENCE", default_value = "egregore-relay")]
     pub audience: String,
+    /// Upstream of the default relay routes /v1/chat (scope chat) and /v1/history (scope
+    /// history), e.g. http://127.0.0.1:9000. Unset: no default routes.
+    #[arg(long, env = "RELAY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// TOML file with more relay routes: [[routes]] prefix, upstream, scope, timeout_seconds.
+    #[arg(long, env = "RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds allowed to connect to an upstream (then 502).
+    #[arg(long, env = "RELAY_UPSTREAM_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub upstream_connect_timeout: u64,
+    /// Seconds allowed for an upstream's response head (then 504); a streaming body is never
+    /// cut by it.
+    #[arg(long, env = "RELAY_UPSTREAM_TIMEOUT", default_value_t = 30)]
+    pub upstream_timeout: u64,
+    /// Redis for rate limits shared by every node, e.g. redis://127.0.0.1:6379. Unset: limits
+    /// are kept in this process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys this service writes.
+    #[arg(long, env = "RELAY_REDIS_PREFIX", default_value = "relay:")]
+    pub redis_prefix: String,
+}
+
+/// The route file (`RELAY_CONFIG`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    #[serde(default)]
+    routes: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteEntry {
+    prefix: String,
+    upstream: String,
+    scope: String,
+    timeout_seconds: Option<u64>,
+}
+
+/// How long the relay waits on an upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// Until the response head.
+    pub response: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    pub prefix: String,
 }
 
 /// What `serve` runs with, validated.
@@ -100,6 +155,9 @@ pub struct ServeConfig {
     pub cache_capacity: usize,
     pub trusted_proxies: Vec<IpAddr>,
     pub tokens: TokenSettings,
+    pub routes: RouteTable,
+    pub upstream_timeouts: UpstreamTimeouts,
+    pub redis: Option<RedisConfig>,
 }
 
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -130,7 +188,34 @@ impl ServeArgs {
         if issuer.trim().is_empty() || self.audience.trim().is_empty() {
             return Err("RELAY_ISSUER and RELAY_AUDIENCE must not be empty".into());
         }
+        let mut routes = match &self.upstream {
+            Some(upstream) => RouteTable::defaults(upstream)?,
+            None => Vec::new(),
+        };
+        if let Some(path) = &self.config {
+            routes.extend(read_route_file(path)?);
+        }
+        let routes = RouteTable::new(routes)?;
+        if self.upstream_connect_timeout == 0 || self.upstream_timeout == 0 {
+            return Err(
+                "RELAY_UPSTREAM_CONNECT_TIMEOUT and RELAY_UPSTREAM_TIMEOUT must be at least 1"
+                    .into(),
+            );
+        }
+        let redis = self
+            .redis_url
+            .filter(|u| !u.is_empty())
+            .map(|url| RedisConfig {
+                url: SecretString::from(url),
+                prefix: self.redis_prefix.clone(),
+            });
         Ok(ServeConfig {
+            routes,
+            upstream_timeouts: UpstreamTimeouts {
+                connect: Duration::from_secs(self.upstream_connect_timeout),
+                response: Duration::from_secs(self.upstream_timeout),
+            },
+            redis,
             listen: self.listen,
             admin_token,
             cache_ttl: Duration::from_secs(self.cache_ttl),
@@ -159,8 +244,35 @@ impl ServeConfig {
                 audience: "egregore-relay".into(),
                 ttl_seconds: 900,
             },
+            routes: RouteTable::default(),
+            upstream_timeouts: UpstreamTimeouts {
+                connect: Duration::from_secs(5),
+                response: Duration::from_secs(30),
+            },
+            redis: None,
         }
     }
+}
+
+fn read_route_file(path: &Path) -> Result<Vec<Route>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("RELAY_CONFIG: cannot read {}: {e}", path.display()))?;
+    let file: RouteFile = toml::from_str(&text).map_err(|e| {
+        format!(
+            "RELAY_CONFIG: {} is not a valid route file: {e}",
+            path.display()
+        )
+    })?;
+    Ok(file
+        .routes
+        .into_iter()
+        .map(|r| Route {
+            prefix: r.prefix,
+            upstream: r.upstream,
+            scope: r.scope,
+            timeout: r.timeout_seconds.map(Duration::from_secs),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -199,6 +311,45 @@ mod tests {
             let args = Cli::parse_from(["x", "--token-ttl", ttl]).serve;
             assert!(args.into_config().unwrap_err().contains("RELAY_TOKEN_TTL"));
         }
+    }
+
+    #[test]
+    fn routes_come_from_the_upstream_and_the_route_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routes.toml");
+        std::fs::write(
+            &file,
+            "[[routes]]\nprefix = \"/v1/search\"\nupstream = \"http://127.0.0.1:9100\"\nscope = \"search\"\ntimeout_seconds = 3\n",
+        )
+        .unwrap();
+        let args = [
+            "x",
+            "--upstream",
+            "http://127.0.0.1:9000",
+            "--config",
+            file.to_str().unwrap(),
+        ];
+        let config = Cli::parse_from(args).serve.into_config().unwrap();
+        let search = config.routes.find("/v1/search/q").unwrap();
+        assert_eq!(search.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(
+            config.routes.find("/v1/chat").unwrap().upstream,
+            "http://127.0.0.1:9000"
+        );
+
+        std::fs::write(
+            &file,
+            "[[routes]]\nprefix = \"/a\"\nupstream = \"http://h\"\nscope = \"s\"\ncolour = 1\n",
+        )
+        .unwrap();
+        let args = ["x", "--config", file.to_str().unwrap()];
+        assert!(
+            Cli::parse_from(args)
+                .serve
+                .into_config()
+                .unwrap_err()
+                .contains("RELAY_CONFIG")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod client;
 pub mod error;
 pub mod rate_limit;
+pub mod route;
 pub mod scope;
 pub mod signing_key;
 

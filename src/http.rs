@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod openapi;
 mod ops;
+mod relay;
 mod token;
 mod verify;
 
@@ -13,13 +14,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
 pub use admin::{AuditListResponse, ClientListResponse, ClientResponse, ClientWithKeyResponse};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
+pub use relay::Relay;
 pub use verify::VerifyResponse;
 
 use crate::app::AppState;
@@ -35,7 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(verify::routes())
         .merge(token::routes())
-        .fallback(not_found)
+        .fallback(relay::relay_or_not_found)
         .layer(middleware::map_response(problem_for_bare_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
@@ -45,17 +47,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such route")
-}
-
 /// axum answers a known path with a wrong method by a bare 405 (with `Allow`); give it, and
 /// any other bodiless error, the problem+json body every error carries.
 async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.headers().contains_key(header::CONTENT_TYPE)
+        || response.extensions().get::<relay::RelayRoute>().is_some()
     {
+        // An upstream's own answer passes through untouched.
         return response;
     }
     let (mut parts, _) = response.into_parts();
@@ -70,13 +70,21 @@ async fn problem_for_bare_errors(response: Response) -> Response {
 
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+        .map(|p| p.as_str().to_string());
     let method = req.method().as_str().to_string();
     let response = next.run(req).await;
+    // Relay routes are served by the fallback: they name themselves on the response.
+    let route = matched
+        .or_else(|| {
+            response
+                .extensions()
+                .get::<relay::RelayRoute>()
+                .map(|r| r.0.clone())
+        })
+        .unwrap_or_else(|| "unmatched".to_string());
     let labels = HttpLabels {
         route,
         method,

@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::domain::client::ClientId;
 use crate::domain::rate_limit::{self, Decision};
@@ -23,6 +26,10 @@ pub trait RateLimiter: Send + Sync {
     async fn acquire(&self, client: &ClientId, limit: u32, now: DateTime<Utc>) -> Decision;
     /// Drops state that no longer matters (full buckets).
     fn sweep(&self, now: DateTime<Utc>);
+    /// Whether the shared state (if any) answers; for readiness.
+    async fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Buckets in this process's memory: exact for one node.
@@ -39,6 +46,199 @@ impl RateLimiter for LocalRateLimiter {
 
     fn sweep(&self, now: DateTime<Utc>) {
         self.buckets.sweep(nanos(now));
+    }
+}
+
+/// Buckets in Redis, shared by every node using it: one atomic server-side script per
+/// decision (no read-modify-write race), timed by the Redis server's clock so nodes with
+/// slightly different clocks agree. While Redis cannot be reached, decisions fall back to this
+/// process's buckets, with a warning and the `relay_rate_limiter_fallbacks_total` metric:
+/// never unlimited, never an error.
+pub struct RedisRateLimiter {
+    inner: Arc<RedisInner>,
+}
+
+struct RedisInner {
+    client: redis::Client,
+    connection: RwLock<Option<ConnectionManager>>,
+    prefix: String,
+    script: redis::Script,
+    fallback: LocalRateLimiter,
+    fallbacks: Counter,
+    last_warning: Mutex<Option<Instant>>,
+    /// After a failure Redis is left alone this long, so an outage costs requests nothing.
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// GCRA in Lua, the same arithmetic as `domain::rate_limit` in microseconds. Returns
+/// `{allowed, remaining, microseconds until full, microseconds until a retry may pass}`.
+const GCRA_SCRIPT: &str = r"
+local limit = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = math.floor(60000000 / limit)
+local capacity = interval * limit
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local nxt = tat + interval
+if nxt - now <= capacity then
+  redis.call('SET', KEYS[1], nxt, 'PX', math.floor((nxt - now) / 1000) + 1000)
+  return {1, math.floor((capacity - (nxt - now)) / interval), nxt - now, 0}
+end
+return {0, 0, tat - now, nxt - capacity - now}
+";
+
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+const WARN_EVERY: Duration = Duration::from_secs(10);
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+impl RedisRateLimiter {
+    /// Starts connecting in the background; until connected, limits are per node.
+    pub fn start(url: &str, prefix: &str, fallbacks: Counter) -> Result<Self, redis::RedisError> {
+        let inner = Arc::new(RedisInner {
+            client: redis::Client::open(url)?,
+            connection: RwLock::new(None),
+            prefix: format!("{prefix}rl:"),
+            script: redis::Script::new(GCRA_SCRIPT),
+            fallback: LocalRateLimiter::default(),
+            fallbacks,
+            last_warning: Mutex::new(None),
+            down_until: Mutex::new(None),
+        });
+        tokio::spawn(connect_until_connected(Arc::downgrade(&inner)));
+        Ok(RedisRateLimiter { inner })
+    }
+}
+
+/// Tries to connect every second until it succeeds; after that the connection manager
+/// reconnects by itself.
+async fn connect_until_connected(inner: Weak<RedisInner>) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(100);
+        match ConnectionManager::new_with_config(inner.client.clone(), config).await {
+            Ok(connection) => {
+                *inner.connection.write().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+                tracing::info!("connected to Redis: rate limits are shared");
+                return;
+            }
+            Err(e) => inner.warn(&e),
+        }
+        drop(inner);
+        tokio::time::sleep(RECONNECT_EVERY).await;
+    }
+}
+
+impl RedisInner {
+    fn connection(&self) -> Option<ConnectionManager> {
+        self.connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn warn(&self, error: &redis::RedisError) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %error, "Redis unreachable: rate limits are per node until it answers");
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        let down_until = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + RETRY_AFTER_FAILURE);
+    }
+
+    /// One decision in Redis, bounded by `REDIS_TIMEOUT`.
+    async fn decide_in_time(
+        &self,
+        client: &ClientId,
+        limit: u32,
+    ) -> Result<Decision, redis::RedisError> {
+        match tokio::time::timeout(REDIS_TIMEOUT, self.decide(client, limit)).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "timed out",
+            ))),
+        }
+    }
+
+    async fn decide(&self, client: &ClientId, limit: u32) -> Result<Decision, redis::RedisError> {
+        let mut connection = self
+            .connection()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::IoError, "not connected")))?;
+        let key = format!("{}{}", self.prefix, client.as_str());
+        let reply: Vec<i64> = self
+            .script
+            .key(key)
+            .arg(limit.max(1))
+            .invoke_async(&mut connection)
+            .await?;
+        let micros = |i: usize| reply.get(i).copied().unwrap_or(0).max(0);
+        let whole_seconds = |us: i64| u64::try_from((us + 999_999) / 1_000_000).unwrap_or(0);
+        let allowed = micros(0) == 1;
+        Ok(Decision {
+            allowed,
+            limit: limit.max(1),
+            remaining: u32::try_from(micros(1)).unwrap_or(0),
+            reset_seconds: whole_seconds(micros(2)),
+            retry_after_seconds: if allowed {
+                0
+            } else {
+                whole_seconds(micros(3)).max(1)
+            },
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn acquire(&self, client: &ClientId, limit: u32, now: DateTime<Utc>) -> Decision {
+        if !self.inner.is_down() {
+            let mut result = self.inner.decide_in_time(client, limit).await;
+            // A connection that broke since its last use reconnects on the next command: try
+            // once more before falling back.
+            if result
+                .as_ref()
+                .is_err_and(|e| e.is_io_error() || e.is_connection_dropped())
+            {
+                result = self.inner.decide_in_time(client, limit).await;
+            }
+            match result {
+                Ok(decision) => return decision,
+                Err(e) => {
+                    self.inner.warn(&e);
+                    self.inner.mark_down();
+                }
+            }
+        }
+        self.inner.fallbacks.inc();
+        self.inner.fallback.acquire(client, limit, now).await
+    }
+
+    fn sweep(&self, now: DateTime<Utc>) {
+        self.inner.fallback.sweep(now);
+    }
+
+    async fn ready(&self) -> bool {
+        let Some(mut connection) = self.inner.connection() else {
+            return false;
+        };
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        matches!(tokio::time::timeout(REDIS_TIMEOUT, ping).await, Ok(Ok(_)))
     }
 }
 
@@ -129,7 +329,6 @@ impl FailedAuthLimiter {
 mod tests {
     use super::*;
     use chrono::Duration;
-    use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_requests_admit_exactly_the_limit() {

@@ -19,7 +19,19 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    route: String,
+    kind: &'static str,
+}
+
 type LatencyFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+type RouteLatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
@@ -28,6 +40,11 @@ pub struct Metrics {
     verify_outcomes: Family<OutcomeLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
+    /// Rate-limit decisions taken per node because Redis could not be reached.
+    pub limiter_fallbacks: Counter,
+    upstream_latency: RouteLatencyFamily,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    relay_rate_limited: Family<RouteLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +87,30 @@ impl Default for Metrics {
             "Verification cache misses",
             cache_misses.clone(),
         );
+        let limiter_fallbacks = Counter::default();
+        registry.register(
+            "rate_limiter_fallbacks",
+            "Rate-limit decisions taken per node because Redis was unreachable",
+            limiter_fallbacks.clone(),
+        );
+        let upstream_latency = RouteLatencyFamily::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_response_seconds",
+            "Time for the upstream's response head, by relay route",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Relay requests the upstream did not answer (unreachable, timeout, failed)",
+            upstream_errors.clone(),
+        );
+        let relay_rate_limited = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "relay_rate_limited",
+            "Relay requests refused by the client's rate limit",
+            relay_rate_limited.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -77,6 +118,10 @@ impl Default for Metrics {
             verify_outcomes,
             cache_hits,
             cache_misses,
+            limiter_fallbacks,
+            upstream_latency,
+            upstream_errors,
+            relay_rate_limited,
         }
     }
 }
@@ -100,6 +145,31 @@ impl Metrics {
         } else {
             self.cache_misses.inc()
         };
+    }
+
+    pub fn observe_upstream(&self, route: &str, seconds: f64) {
+        let labels = RouteLabels {
+            route: route.to_string(),
+        };
+        self.upstream_latency
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    /// `kind` is `unreachable`, `timeout` or `failed`.
+    pub fn observe_upstream_error(&self, route: &str, kind: &'static str) {
+        let labels = UpstreamErrorLabels {
+            route: route.to_string(),
+            kind,
+        };
+        self.upstream_errors.get_or_create(&labels).inc();
+    }
+
+    pub fn observe_relay_rate_limited(&self, route: &str) {
+        let labels = RouteLabels {
+            route: route.to_string(),
+        };
+        self.relay_rate_limited.get_or_create(&labels).inc();
     }
 
     /// The text exposition format.

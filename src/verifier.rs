@@ -124,7 +124,7 @@ impl Verifier {
                 self.record_use(&client, now);
                 Ok(Actor::Client(client.client_id.clone()))
             }
-            KeyCheck::Valid(_) => Err(Error::Forbidden(scope)),
+            KeyCheck::Valid(_) => Err(Error::Forbidden(scope.to_string())),
             _ => Err(Error::Unauthenticated),
         }
     }

@@ -29,7 +29,7 @@ pub enum Error {
     #[error("missing or invalid credential")]
     Unauthenticated,
     #[error("the credential lacks scope {0}")]
-    Forbidden(&'static str),
+    Forbidden(String),
     #[error("rate limited; retry after {retry_after_seconds} s")]
     RateLimited { retry_after_seconds: u64 },
     #[error("storage failed")]

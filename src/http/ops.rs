@@ -32,18 +32,15 @@ pub async fn health() -> Json<Status> {
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Status), (status = 503, body = Status)))]
 pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(Status { status: "ok" })),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Status {
-                    status: "database unavailable",
-                }),
-            )
-        }
+    let unavailable = |status| (StatusCode::SERVICE_UNAVAILABLE, Json(Status { status }));
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "readiness check: database unreachable");
+        return unavailable("database unavailable");
     }
+    if !state.limiter.ready().await {
+        return unavailable("redis unavailable");
+    }
+    (StatusCode::OK, Json(Status { status: "ok" }))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",

@@ -19,7 +19,12 @@ pub struct TestDb {
 
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { server_url: String, name: String },
+    Postgres {
+        server_url: String,
+        name: String,
+    },
+    /// Another `TestDb` owns it.
+    Shared,
 }
 
 fn random_suffix() -> String {
@@ -105,6 +110,15 @@ impl TestApp {
 
     pub async fn spawn_with(config: ServeConfig) -> TestApp {
         let db = TestDb::new().await;
+        TestApp::spawn_on(db, config).await
+    }
+
+    /// A second server on the same database as `other` (which keeps the database alive).
+    pub async fn spawn_sharing(other: &TestApp, config: ServeConfig) -> TestApp {
+        let db = TestDb {
+            url: other.db.url.clone(),
+            cleanup: Cleanup::Shared,
+        };
         TestApp::spawn_on(db, config).await
     }
 

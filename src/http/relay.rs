@@ -1,0 +1,304 @@
+//! The relay routes: authenticate (API key or access token), check the route's scope, count
+//! the request against the client's rate limit, then forward it to the upstream, streaming the
+//! bodies both ways. Unmatched paths fall through to a 404.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::error::ApiError;
+use super::extract::{ClientAddr, credential};
+use super::rate_limit_headers;
+use crate::app::AppState;
+use crate::config::UpstreamTimeouts;
+use crate::domain::client::Client;
+use crate::domain::route::{Route, RouteTable};
+use crate::domain::{self, api_key};
+use crate::verifier::KeyCheck;
+
+/// The configured routes and the pooled client that forwards to them.
+pub struct Relay {
+    routes: RouteTable,
+    client: HttpClient<HttpConnector, Body>,
+    response_timeout: Duration,
+}
+
+/// Names the relay route that served a response, for the request metrics.
+#[derive(Clone)]
+pub struct RelayRoute(pub String);
+
+impl Relay {
+    pub fn new(routes: RouteTable, timeouts: UpstreamTimeouts) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeouts.connect));
+        connector.set_nodelay(true);
+        let client = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Relay {
+            routes,
+            client,
+            response_timeout: timeouts.response,
+        }
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_RELAY_CLIENT_ID: HeaderName = HeaderName::from_static("x-relay-client-id");
+const X_RELAY_SCOPES: HeaderName = HeaderName::from_static("x-relay-scopes");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+}
+
+/// The caller of a relay route: the client and the scopes its credential grants now.
+struct Caller {
+    client: Arc<Client>,
+    scopes: Vec<String>,
+}
+
+/// Authenticates with an API key (`X-API-Key`, or a Bearer credential in the key format) or
+/// an access token (any other Bearer credential).
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    addr: IpAddr,
+) -> Result<Caller, ApiError> {
+    let now = domain::now();
+    if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
+        return Err(ApiError::rate_limited(
+            wait,
+            "too many failed authentications",
+        ));
+    }
+    let caller = match credential(headers) {
+        None => None,
+        Some(key)
+            if key.starts_with(api_key::PREFIX) || !headers.contains_key(header::AUTHORIZATION) =>
+        {
+            match state
+                .verifier
+                .check_key(key, now)
+                .await
+                .map_err(domain::Error::from)?
+            {
+                KeyCheck::Valid(client) => Some(Caller {
+                    scopes: client.scopes.clone(),
+                    client,
+                }),
+                _ => None,
+            }
+        }
+        Some(token) => match state
+            .tokens
+            .accept(token, now)
+            .await
+            .map_err(domain::Error::from)?
+        {
+            Ok(accepted) => Some(Caller {
+                client: accepted.client,
+                scopes: accepted.scopes,
+            }),
+            Err(_) => None,
+        },
+    };
+    match caller {
+        Some(caller) => {
+            state.verifier.record_use(&caller.client, now);
+            Ok(caller)
+        }
+        None => {
+            state.failed_auth.record_failure(addr, now);
+            Err(domain::Error::Unauthenticated.into())
+        }
+    }
+}
+
+/// The fallback handler: a relay route if one matches, else 404.
+pub async fn relay_or_not_found(State(state): State<AppState>, req: Request) -> Response {
+    let Some(route) = state.relay.routes.find(req.uri().path()) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response();
+    };
+    let route = route.clone();
+    let label = RelayRoute(route.prefix.clone());
+    let mut response = relay(&state, &route, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(label);
+    response
+}
+
+async fn relay(state: &AppState, route: &Route, req: Request) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(&mut parts, state).await;
+    let caller = authenticate(state, &parts.headers, addr).await?;
+    if !caller.scopes.contains(&route.scope) {
+        return Err(domain::Error::Forbidden(route.scope.clone()).into());
+    }
+    let now = domain::now();
+    let decision = state
+        .limiter
+        .acquire(
+            &caller.client.client_id,
+            caller.client.effective_rate_limit(),
+            now,
+        )
+        .await;
+    if !decision.allowed {
+        state.metrics.observe_relay_rate_limited(&route.prefix);
+        let mut response =
+            ApiError::rate_limited(decision.retry_after_seconds, "rate limit exceeded")
+                .into_response();
+        response.headers_mut().extend(rate_limit_headers(&decision));
+        return Ok(response);
+    }
+
+    let request_id = request_id(&parts.headers);
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        header::AUTHORIZATION,
+        X_API_KEY,
+        header::HOST,
+        X_RELAY_CLIENT_ID,
+        X_RELAY_SCOPES,
+    ] {
+        headers.remove(&name);
+    }
+    forwarded_for(&mut headers, peer, state);
+    insert(
+        &mut headers,
+        X_RELAY_CLIENT_ID,
+        caller.client.client_id.as_str(),
+    );
+    insert(&mut headers, X_RELAY_SCOPES, &caller.scopes.join(" "));
+    insert(&mut headers, X_REQUEST_ID, &request_id);
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("{}{path_and_query}", route.upstream)
+        .parse()
+        .map_err(|_| ApiError::bad_request("the request target cannot be forwarded", Vec::new()))?;
+    let mut upstream_request = axum::http::Request::from_parts(parts, body);
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.headers_mut() = headers;
+
+    let started = Instant::now();
+    let timeout = route.timeout.unwrap_or(state.relay.response_timeout);
+    let result = tokio::time::timeout(timeout, state.relay.client.request(upstream_request)).await;
+    let upstream_response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() {
+                "unreachable"
+            } else {
+                "failed"
+            };
+            state.metrics.observe_upstream_error(&route.prefix, kind);
+            tracing::warn!(route = %route.prefix, error = %e, "upstream request failed");
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the upstream could not be reached",
+            ));
+        }
+        Err(_) => {
+            state
+                .metrics
+                .observe_upstream_error(&route.prefix, "timeout");
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time",
+            ));
+        }
+    };
+    state
+        .metrics
+        .observe_upstream(&route.prefix, started.elapsed().as_secs_f64());
+
+    let (mut parts, body) = upstream_response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.extend(rate_limit_headers(&decision));
+    insert(&mut parts.headers, X_REQUEST_ID, &request_id);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// Keeps the caller's request id when it is a sane token, else makes one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_string(),
+        None => {
+            let mut bytes = [0u8; 16];
+            let _ = getrandom::fill(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For`; what an untrusted peer claimed is dropped.
+fn forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>, state: &AppState) {
+    let Some(peer) = peer else { return };
+    let earlier = state
+        .trusted_proxies
+        .contains(&peer)
+        .then(|| {
+            headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .flatten();
+    let value = match earlier {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer.to_string(),
+    };
+    insert(headers, X_FORWARDED_FOR, &value);
+}
