@@ -15,6 +15,7 @@ use crate::cache::KeyCache;
 use crate::change_feed::ChangeFeed;
 use crate::config::ServeConfig;
 use crate::keyring::KeyRing;
+use crate::legacy::LegacyKeys;
 use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::Store;
@@ -82,6 +83,11 @@ pub async fn serve(
             usage.clone(),
             metrics.clone(),
             config.admin_token.as_ref(),
+            LegacyKeys::new(
+                store.clone(),
+                config.legacy_bcrypt_concurrency,
+                metrics.legacy_bcrypt_checks.clone(),
+            ),
         )),
         tokens: tokens.clone(),
         relay: Arc::new(crate::http::Relay::new(

@@ -22,6 +22,8 @@ pub enum CacheKey {
     Key(KeyId),
     /// The client's own id.
     Client(ClientId),
+    /// SHA-256 of an adopted key of the original service.
+    LegacyDigest([u8; 32]),
 }
 
 #[derive(Clone)]

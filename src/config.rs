@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Prefix of the Redis keys this service writes.
     #[arg(long, env = "RELAY_REDIS_PREFIX", default_value = "relay:")]
     pub redis_prefix: String,
+    /// Threads that may run bcrypt for keys adopted from the original service.
+    #[arg(long, env = "RELAY_LEGACY_BCRYPT_CONCURRENCY", default_value_t = 1)]
+    pub legacy_bcrypt_concurrency: usize,
 }
 
 /// The route file (`RELAY_CONFIG`).
@@ -158,6 +161,7 @@ pub struct ServeConfig {
     pub routes: RouteTable,
     pub upstream_timeouts: UpstreamTimeouts,
     pub redis: Option<RedisConfig>,
+    pub legacy_bcrypt_concurrency: usize,
 }
 
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -209,7 +213,11 @@ impl ServeArgs {
                 url: SecretString::from(url),
                 prefix: self.redis_prefix.clone(),
             });
+        if self.legacy_bcrypt_concurrency == 0 {
+            return Err("RELAY_LEGACY_BCRYPT_CONCURRENCY must be at least 1".into());
+        }
         Ok(ServeConfig {
+            legacy_bcrypt_concurrency: self.legacy_bcrypt_concurrency,
             routes,
             upstream_timeouts: UpstreamTimeouts {
                 connect: Duration::from_secs(self.upstream_connect_timeout),
@@ -250,6 +258,7 @@ impl ServeConfig {
                 response: Duration::from_secs(30),
             },
             redis: None,
+            legacy_bcrypt_concurrency: 1,
         }
     }
 }

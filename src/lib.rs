@@ -17,6 +17,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod keyring;
+pub mod legacy;
 pub mod limiter;
 pub mod metrics;
 pub mod storage;

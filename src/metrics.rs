@@ -42,6 +42,8 @@ pub struct Metrics {
     cache_misses: Counter,
     /// Rate-limit decisions taken per node because Redis could not be reached.
     pub limiter_fallbacks: Counter,
+    /// bcrypt comparisons made for keys of the original service.
+    pub legacy_bcrypt_checks: Counter,
     upstream_latency: RouteLatencyFamily,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     relay_rate_limited: Family<RouteLabels, Counter>,
@@ -93,6 +95,12 @@ impl Default for Metrics {
             "Rate-limit decisions taken per node because Redis was unreachable",
             limiter_fallbacks.clone(),
         );
+        let legacy_bcrypt_checks = Counter::default();
+        registry.register(
+            "legacy_bcrypt_checks",
+            "bcrypt comparisons made for keys adopted from the original service",
+            legacy_bcrypt_checks.clone(),
+        );
         let upstream_latency = RouteLatencyFamily::new_with_constructor(latency_histogram);
         registry.register(
             "upstream_response_seconds",
@@ -119,6 +127,7 @@ impl Default for Metrics {
             cache_hits,
             cache_misses,
             limiter_fallbacks,
+            legacy_bcrypt_checks,
             upstream_latency,
             upstream_errors,
             relay_rate_limited,

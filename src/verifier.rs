@@ -12,6 +12,7 @@ use crate::domain::api_key::{self, KeyHash};
 use crate::domain::audit::Actor;
 use crate::domain::client::{Client, ClientStatus};
 use crate::domain::{Error, scope};
+use crate::legacy::LegacyKeys;
 use crate::metrics::Metrics;
 use crate::storage::{self, Store};
 use crate::usage::UsageRecorder;
@@ -44,6 +45,15 @@ pub struct Verifier {
     metrics: Arc<Metrics>,
     /// SHA-256 of `RELAY_ADMIN_TOKEN`, so comparing it takes the same time whatever its length.
     admin_token: Option<KeyHash>,
+    legacy: LegacyKeys,
+}
+
+fn status_check(client: Arc<Client>, now: DateTime<Utc>) -> KeyCheck {
+    match client.status(now) {
+        ClientStatus::Disabled => KeyCheck::Disabled,
+        ClientStatus::Expired => KeyCheck::Expired,
+        ClientStatus::Active => KeyCheck::Valid(client),
+    }
 }
 
 impl Verifier {
@@ -53,6 +63,7 @@ impl Verifier {
         usage: UsageRecorder,
         metrics: Arc<Metrics>,
         admin_token: Option<&SecretString>,
+        legacy: LegacyKeys,
     ) -> Self {
         let admin_token = admin_token.map(|t| KeyHash::of(t.expose_secret()));
         Verifier {
@@ -61,6 +72,7 @@ impl Verifier {
             usage,
             metrics,
             admin_token,
+            legacy,
         }
     }
 
@@ -70,6 +82,9 @@ impl Verifier {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<KeyCheck, storage::Error> {
+        if api_key::is_legacy_format(key) {
+            return self.check_legacy_key(key, now).await;
+        }
         let Some(presented) = api_key::parse(key) else {
             return Ok(KeyCheck::NotFound);
         };
@@ -91,11 +106,33 @@ impl Verifier {
         if !client.accepts_key(&presented, now) {
             return Ok(KeyCheck::NotFound);
         }
-        Ok(match client.status(now) {
-            ClientStatus::Disabled => KeyCheck::Disabled,
-            ClientStatus::Expired => KeyCheck::Expired,
-            ClientStatus::Active => KeyCheck::Valid(client),
-        })
+        Ok(status_check(client, now))
+    }
+
+    /// A key of the original service: by its SHA-256 once seen, else (bounded) bcrypt.
+    async fn check_legacy_key(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<KeyCheck, storage::Error> {
+        let digest = KeyHash::of(key);
+        let cache_key = CacheKey::LegacyDigest(digest.to_bytes());
+        if let Some(client) = self.cache.get(&cache_key) {
+            self.metrics.observe_cache(true);
+            return Ok(status_check(client, now));
+        }
+        self.metrics.observe_cache(false);
+        let ticket = self.cache.ticket();
+        let mut found = self.store.client_by_legacy_digest(&digest).await?;
+        if found.is_none() && self.legacy.find(key, &digest).await?.is_some() {
+            found = self.store.client_by_legacy_digest(&digest).await?;
+        }
+        let Some(client) = found else {
+            return Ok(KeyCheck::NotFound);
+        };
+        let client = Arc::new(client);
+        self.cache.insert(cache_key, client.clone(), ticket);
+        Ok(status_check(client, now))
     }
 
     /// Notes a successful use of the client's credential for `last_used_at` (batched).

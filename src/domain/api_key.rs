@@ -95,6 +95,11 @@ impl KeyHash {
         Some(KeyHash(out))
     }
 
+    /// The digest itself, as a lookup key (a hash of a hash: comparing it reveals nothing).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     /// Constant-time comparison, so timing reveals nothing about how much of a guess matched.
     pub fn matches(&self, other: &KeyHash) -> bool {
         self.0.ct_eq(&other.0).into()
@@ -160,6 +165,19 @@ pub fn parse(key: &str) -> Option<PresentedKey> {
         key_id,
         hash: KeyHash::of(key),
     })
+}
+
+/// Length of a key issued by the original Python service: `eg_` + 40 lowercase hex.
+const LEGACY_LEN: usize = PREFIX.len() + 40;
+
+/// Whether `key` has the original service's format. Such keys are checked against the
+/// adopted bcrypt hashes once, then found by their SHA-256 (`KeyHash::of`).
+pub fn is_legacy_format(key: &str) -> bool {
+    key.len() == LEGACY_LEN
+        && key.starts_with(PREFIX)
+        && key.as_bytes()[PREFIX.len()..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 /// CRC-32 (IEEE) of `signed`, in base62, most significant digit first, padded to 6.
@@ -244,6 +262,14 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn legacy_keys_are_recognised_by_shape() {
+        assert!(is_legacy_format(&format!("eg_{}", "0a".repeat(20))));
+        assert!(!is_legacy_format(&format!("eg_{}", "0A".repeat(20))));
+        assert!(!is_legacy_format(&format!("eg_{}", "0a".repeat(21))));
+        assert!(!is_legacy_format(generate().unwrap().plain.expose()));
     }
 
     #[test]

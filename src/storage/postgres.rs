@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, Store};
-use crate::domain::api_key::KeyId;
+use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
 use crate::domain::signing_key::SigningKey;
@@ -230,7 +230,9 @@ impl Store for PostgresStore {
             "UPDATE api_clients SET name = $1, scopes = $2, rate_limit = $3, enabled = $4, \
              expires_at = $5, metadata = $6, updated_at = $7, key_id = $8, \
              api_key_hash = COALESCE($9, api_key_hash), prev_key_id = $10, prev_key_hash = $11, \
-             prev_key_expires_at = $12, token_generation = $13 WHERE id = $14",
+             prev_key_expires_at = $12, token_generation = $13, \
+             legacy_key_digest = CASE WHEN $8::text IS NULL THEN legacy_key_digest END \
+             WHERE id = $14",
         )
         .bind(&new.name)
         .bind(&new.scopes)
@@ -349,6 +351,40 @@ impl Store for PostgresStore {
             .bind(before)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn client_by_legacy_digest(&self, digest: &KeyHash) -> Result<Option<Client>, Error> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE legacy_key_digest = $1");
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(digest.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(ClientRow::into_client))
+    }
+
+    async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT client_id, api_key_hash FROM api_clients \
+             WHERE key_id IS NULL AND legacy_key_digest IS NULL ORDER BY enabled IS TRUE DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, hash)| (ClientId::new(&id), hash))
+            .collect())
+    }
+
+    async fn upgrade_legacy_key(&self, id: &ClientId, digest: &KeyHash) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE api_clients SET legacy_key_digest = $1 \
+             WHERE client_id = $2 AND key_id IS NULL AND legacy_key_digest IS NULL",
+        )
+        .bind(digest.to_hex())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

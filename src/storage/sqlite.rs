@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqlitePool, Transaction};
 
 use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, Store};
-use crate::domain::api_key::KeyId;
+use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
 use crate::domain::signing_key::SigningKey;
@@ -240,7 +240,9 @@ impl Store for SqliteStore {
             "UPDATE api_clients SET name = ?, scopes = ?, rate_limit = ?, enabled = ?, \
              expires_at = ?, metadata = ?, updated_at = ?, key_id = ?, \
              api_key_hash = COALESCE(?, api_key_hash), prev_key_id = ?, prev_key_hash = ?, \
-             prev_key_expires_at = ?, token_generation = ? WHERE id = ?",
+             prev_key_expires_at = ?, token_generation = ?, \
+             legacy_key_digest = CASE WHEN ? IS NULL THEN legacy_key_digest END \
+             WHERE id = ?",
         )
         .bind(&new.name)
         .bind(json_text(&new.scopes))
@@ -255,6 +257,7 @@ impl Store for SqliteStore {
         .bind(keys.prev_key_hash)
         .bind(keys.prev_key_expires_at.map(micros))
         .bind(new.token_generation)
+        .bind(new.key.map(|k| k.key_id.as_str().to_string()))
         .bind(old.row_id)
         .execute(&mut *tx)
         .await?;
@@ -359,6 +362,40 @@ impl Store for SqliteStore {
             .bind(micros(before))
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn client_by_legacy_digest(&self, digest: &KeyHash) -> Result<Option<Client>, Error> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE legacy_key_digest = ?");
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(digest.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(ClientRow::into_client))
+    }
+
+    async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT client_id, api_key_hash FROM api_clients \
+             WHERE key_id IS NULL AND legacy_key_digest IS NULL ORDER BY enabled DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, hash)| (ClientId::new(&id), hash))
+            .collect())
+    }
+
+    async fn upgrade_legacy_key(&self, id: &ClientId, digest: &KeyHash) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE api_clients SET legacy_key_digest = ? \
+             WHERE client_id = ? AND key_id IS NULL AND legacy_key_digest IS NULL",
+        )
+        .bind(digest.to_hex())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ mod admin;
 mod binary;
 mod concurrency;
 mod errors;
+mod legacy;
 mod ops;
 mod relay;
 mod storage;

@@ -103,9 +103,14 @@ pub struct TestApp {
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The settings every test app starts from.
+pub fn test_config() -> ServeConfig {
+    ServeConfig::with_admin_token(ADMIN_TOKEN)
+}
+
 impl TestApp {
     pub async fn spawn() -> TestApp {
-        TestApp::spawn_with(ServeConfig::with_admin_token(ADMIN_TOKEN)).await
+        TestApp::spawn_with(test_config()).await
     }
 
     pub async fn spawn_with(config: ServeConfig) -> TestApp {
