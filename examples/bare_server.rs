@@ -12,13 +12,19 @@ use hyper_util::rt::TokioIo;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9101".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9101".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
-            let service = service_fn(|_req| async { Ok::<_, Infallible>(hyper::Response::new(Body::from("hello"))) });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let service = service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Body::from("hello")))
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

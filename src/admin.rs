@@ -84,7 +84,18 @@ impl ClientAdmin {
             scopes: Some(vec![crate::domain::scope::ADMIN.into()]),
             ..Default::default()
         };
-        self.create(&Actor::Cli, draft, now).await.map(Some)
+        let new = NewClient::validate(draft, now)?;
+        let key = api_key::generate()?;
+        let client = new.into_client(ClientId::generate()?, &key, now);
+        let audit = NewAuditEvent::new(
+            now,
+            &Actor::Cli,
+            Action::Created,
+            &client.client_id,
+            client.settings(),
+        );
+        let created = self.store.insert_first_admin(&client, &audit).await?;
+        Ok(created.map(|client| (client, key.plain)))
     }
 
     pub async fn get(&self, id: &ClientId) -> Result<Client, Error> {

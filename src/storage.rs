@@ -80,6 +80,13 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), Error>;
     /// Inserts a client and its audit event in one transaction; returns it with its row id.
     async fn insert_client(&self, client: &Client, audit: &NewAuditEvent) -> Result<Client, Error>;
+    /// Inserts `client` (an admin) unless an enabled client holding `admin` exists, checked
+    /// and written under a lock so nodes starting together create one; `None` if one existed.
+    async fn insert_first_admin(
+        &self,
+        client: &Client,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Client>, Error>;
     async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error>;
     /// The client whose current or previous key has this id.
     async fn client_by_key_id(&self, key_id: &KeyId) -> Result<Option<Client>, Error>;

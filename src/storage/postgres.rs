@@ -150,32 +150,41 @@ impl Store for PostgresStore {
     }
 
     async fn insert_client(&self, client: &Client, audit: &NewAuditEvent) -> Result<Client, Error> {
-        let keys = KeyColumns::of(client);
         let mut tx = self.pool.begin().await?;
-        let row_id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
-             expires_at, created_at, updated_at, metadata, key_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-        )
-        .bind(client.client_id.as_str())
-        .bind(keys.api_key_hash.unwrap_or_default())
-        .bind(&client.name)
-        .bind(&client.scopes)
-        .bind(rate_limit_column(client.rate_limit))
-        .bind(client.enabled)
-        .bind(client.expires_at)
-        .bind(client.created_at)
-        .bind(client.updated_at)
-        .bind(Json(&client.metadata))
-        .bind(keys.key_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row_id = insert_client_row(&mut tx, client).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Client {
             row_id,
             ..client.clone()
         })
+    }
+
+    async fn insert_first_admin(
+        &self,
+        client: &Client,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Client>, Error> {
+        let mut tx = self.pool.begin().await?;
+        // Nodes starting together on a fresh database: one of them creates the admin.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('relay.bootstrap_admin'))")
+            .execute(&mut *tx)
+            .await?;
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM api_clients WHERE enabled IS TRUE AND 'admin' = ANY(scopes) LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_some() {
+            return Ok(None);
+        }
+        let row_id = insert_client_row(&mut tx, client).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(Client {
+            row_id,
+            ..client.clone()
+        }))
     }
 
     async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error> {
@@ -454,4 +463,31 @@ async fn insert_signing_key(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Inserts a client row; returns its row id.
+async fn insert_client_row(
+    tx: &mut Transaction<'static, Postgres>,
+    client: &Client,
+) -> Result<i64, Error> {
+    let keys = KeyColumns::of(client);
+    let row_id: i64 = sqlx::query_scalar(
+        "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
+             expires_at, created_at, updated_at, metadata, key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(client.client_id.as_str())
+    .bind(keys.api_key_hash.unwrap_or_default())
+    .bind(&client.name)
+    .bind(&client.scopes)
+    .bind(rate_limit_column(client.rate_limit))
+    .bind(client.enabled)
+    .bind(client.expires_at)
+    .bind(client.created_at)
+    .bind(client.updated_at)
+    .bind(Json(&client.metadata))
+    .bind(keys.key_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row_id)
 }

@@ -159,32 +159,38 @@ impl Store for SqliteStore {
     }
 
     async fn insert_client(&self, client: &Client, audit: &NewAuditEvent) -> Result<Client, Error> {
-        let keys = KeyColumns::of(client);
         let mut tx = self.write_tx().await?;
-        let row_id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
-             expires_at, created_at, updated_at, metadata, key_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(client.client_id.as_str())
-        .bind(keys.api_key_hash.unwrap_or_default())
-        .bind(&client.name)
-        .bind(json_text(&client.scopes))
-        .bind(client.rate_limit)
-        .bind(client.enabled)
-        .bind(client.expires_at.map(micros))
-        .bind(micros(client.created_at))
-        .bind(micros(client.updated_at))
-        .bind(json_text(&client.metadata))
-        .bind(keys.key_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row_id = insert_client_row(&mut tx, client).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Client {
             row_id,
             ..client.clone()
         })
+    }
+
+    async fn insert_first_admin(
+        &self,
+        client: &Client,
+        audit: &NewAuditEvent,
+    ) -> Result<Option<Client>, Error> {
+        let mut tx = self.write_tx().await?;
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM api_clients WHERE enabled AND EXISTS \
+             (SELECT 1 FROM json_each(api_clients.scopes) WHERE value = 'admin') LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_some() {
+            return Ok(None);
+        }
+        let row_id = insert_client_row(&mut tx, client).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(Client {
+            row_id,
+            ..client.clone()
+        }))
     }
 
     async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error> {
@@ -460,4 +466,31 @@ async fn insert_signing_key(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Inserts a client row; returns its row id.
+async fn insert_client_row(
+    tx: &mut Transaction<'static, sqlx::Sqlite>,
+    client: &Client,
+) -> Result<i64, Error> {
+    let keys = KeyColumns::of(client);
+    let row_id: i64 = sqlx::query_scalar(
+        "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
+             expires_at, created_at, updated_at, metadata, key_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(client.client_id.as_str())
+    .bind(keys.api_key_hash.unwrap_or_default())
+    .bind(&client.name)
+    .bind(json_text(&client.scopes))
+    .bind(client.rate_limit)
+    .bind(client.enabled)
+    .bind(client.expires_at.map(micros))
+    .bind(micros(client.created_at))
+    .bind(micros(client.updated_at))
+    .bind(json_text(&client.metadata))
+    .bind(keys.key_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row_id)
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::{TestApp, TestDb};
 
-fn relay() -> Command {
+pub fn relay() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
     cmd.env_remove("RELAY_ADMIN_TOKEN")
         .env_remove("DATABASE_URL")
@@ -34,16 +34,16 @@ fn clients(db: &TestDb, args: &[&str]) -> Value {
 }
 
 /// A `relay serve` process with its stdout and stderr captured to files.
-struct Server {
+pub struct Server {
     child: Child,
-    base: String,
-    stdout: std::path::PathBuf,
+    pub base: String,
+    pub stdout: std::path::PathBuf,
     stderr: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start(db: &TestDb, envs: &[(&str, &str)]) -> Server {
+    pub fn start(db: &TestDb, envs: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
@@ -79,7 +79,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns (stdout, stderr).
-    fn terminate(mut self) -> (String, String) {
+    pub fn terminate(mut self) -> (String, String) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")

@@ -8,6 +8,7 @@ mod binary;
 mod concurrency;
 mod errors;
 mod legacy;
+mod nodes;
 mod ops;
 mod relay;
 mod storage;

@@ -65,6 +65,14 @@ impl TestDb {
         }
     }
 
+    /// A handle on a database another `TestDb` owns (and removes).
+    pub fn shared(url: &str) -> TestDb {
+        TestDb {
+            url: url.to_string(),
+            cleanup: Cleanup::Shared,
+        }
+    }
+
     pub async fn open(&self) -> Arc<dyn Store> {
         storage::open(&self.url, 5).await.unwrap()
     }
