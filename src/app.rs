@@ -23,9 +23,19 @@ use crate::token::TokenService;
 use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
 
-/// Everything a request handler may use; cheap to clone.
+/// Everything a request handler may use. One `Arc`: axum clones the state for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub admin: Arc<ClientAdmin>,
     pub verifier: Arc<Verifier>,
@@ -75,7 +85,7 @@ pub async fn serve(
         config.tokens.clone(),
     ));
     tokens.load_keys(crate::domain::now()).await?;
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         admin: Arc::new(ClientAdmin::new(store.clone(), cache.clone())),
         verifier: Arc::new(Verifier::new(
             store.clone(),
@@ -99,7 +109,7 @@ pub async fn serve(
         failed_auth: failed_auth.clone(),
         metrics,
         trusted_proxies: config.trusted_proxies.clone().into(),
-    };
+    }));
     let (stop, stopped) = watch::channel(false);
     let background = Background {
         store: store.clone(),

@@ -20,6 +20,24 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
     truncate_to_micros(chrono::Utc::now())
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// `len` random bytes from the operating system's CSPRNG, in hex.
+pub fn random_hex(len: usize) -> Result<String, getrandom::Error> {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex(&bytes))
+}
+
 pub fn truncate_to_micros(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }

@@ -200,10 +200,9 @@ pub async fn rotate_signing_key(
     Ok(key)
 }
 
+/// 128 random bits: unique and unguessable (RFC 7519 §4.1.7).
 fn new_jti() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::domain::random_hex(16)
 }
 
 /// How often each process re-reads the signing keys, so a rotation anywhere is in force

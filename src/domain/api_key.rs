@@ -73,13 +73,7 @@ impl KeyHash {
     }
 
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(64);
-        for b in self.0 {
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xf)] as char);
-        }
-        out
+        super::hex(&self.0)
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {

@@ -23,10 +23,7 @@ pub struct ClientId(Arc<str>);
 
 impl ClientId {
     pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes)?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(ClientId(format!("client_{hex}").into()))
+        Ok(ClientId(format!("client_{}", super::random_hex(8)?).into()))
     }
 
     /// Wraps an id read from storage or a request path; it is looked up, never trusted.

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -30,6 +31,7 @@ pub struct Relay {
     routes: RouteTable,
     client: HttpClient<HttpConnector, Body>,
     response_timeout: Duration,
+    request_ids: RequestIds,
 }
 
 /// Names the relay route that served a response, for the request metrics.
@@ -48,6 +50,7 @@ impl Relay {
             routes,
             client,
             response_timeout: timeouts.response,
+            request_ids: RequestIds::new(),
         }
     }
 }
@@ -184,7 +187,7 @@ async fn relay(state: &AppState, route: &Route, req: Request) -> Result<Response
         return Ok(response);
     }
 
-    let request_id = request_id(&parts.headers);
+    let request_id = request_id(&parts.headers, &state.relay.request_ids);
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -262,8 +265,9 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Keeps the caller's request id when it is a sane token, else makes one.
-fn request_id(headers: &HeaderMap) -> String {
+/// Keeps the caller's request id when it is a sane token, else makes one: a random prefix
+/// drawn once per process and a counter, so no system call per request.
+fn request_id(headers: &HeaderMap, ids: &RequestIds) -> String {
     let given = headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -275,11 +279,30 @@ fn request_id(headers: &HeaderMap) -> String {
         });
     match given {
         Some(id) => id.to_string(),
-        None => {
-            let mut bytes = [0u8; 16];
-            let _ = getrandom::fill(&mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        None => ids.next(),
+    }
+}
+
+struct RequestIds {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let prefix = crate::domain::random_hex(8).unwrap_or_else(|_| "0".repeat(16));
+        RequestIds {
+            prefix,
+            counter: AtomicU64::new(0),
         }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}{:016x}",
+            self.prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 

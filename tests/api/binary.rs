@@ -416,3 +416,22 @@ async fn a_change_made_with_the_cli_reaches_a_running_server_within_two_seconds(
     assert_eq!(answer["code"], "DISABLED");
     assert!(changed.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn the_benchmark_harness_still_parses() {
+    // Its Rust parts (examples/, benches/) are compiled by `cargo test` and clippy.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let sh = Command::new("bash")
+        .args(["-n", &format!("{root}/bench/run.sh")])
+        .status()
+        .unwrap();
+    assert!(sh.success());
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import ast; ast.parse(open('{root}/bench/plot.py').read())"),
+        ])
+        .status()
+        .unwrap();
+    assert!(py.success());
+}
