@@ -8,6 +8,11 @@ use egregore_relay::cli::{self, Cli};
 use egregore_relay::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
+// glibc's allocator showed as ~9% of a relayed request's CPU time in profiles; mimalloc
+// handles the many small per-request allocations of hyper and axum with less work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);

@@ -257,7 +257,7 @@ fn serve_help_documents_every_setting_with_its_variable_and_default() {
         "RELAY_CACHE_TTL",
         "RELAY_CACHE_CAPACITY",
         "RELAY_TRUSTED_PROXIES",
-                "RELAY_DB_MAX_CONNECTIONS",
+        "RELAY_DB_MAX_CONNECTIONS",
         "RELAY_TOKEN_TTL",
         "RELAY_ISSUER",
         "RELAY_AUDIENCE",
