@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::support::{TestApp, TestDb, assert_problem};
+use crate::support::{TestApp, TestDb, assert_problem, random_hex};
 
 /// The original's `init_db`, statement for statement (`../shared/legacy/api_keys.py`).
 const LEGACY_DDL: [&str; 3] = [
@@ -27,12 +27,6 @@ const LEGACY_DDL: [&str; 3] = [
     "CREATE INDEX IF NOT EXISTS idx_api_clients_client_id ON api_clients(client_id)",
     "CREATE INDEX IF NOT EXISTS idx_api_clients_enabled ON api_clients(enabled)",
 ];
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// A client as the original created it, plus what the test needs to know about it.
 struct LegacyClient {
@@ -161,14 +155,7 @@ fn same_instant(stored: &Value, shown: &Value) -> bool {
 }
 
 async fn bcrypt_checks(app: &TestApp) -> f64 {
-    let text = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("relay_legacy_bcrypt_checks_total "))
         .unwrap()

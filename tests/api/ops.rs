@@ -23,14 +23,7 @@ async fn metrics_count_requests_outcomes_and_cache_use() {
         app.verify(&key).await;
     }
     app.verify("eg_nope").await;
-    let text = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let line = |prefix: &str| {
         text.lines()
             .find(|l| l.starts_with(prefix))

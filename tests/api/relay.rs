@@ -301,14 +301,7 @@ async fn a_slow_upstream_is_a_504_and_a_dead_one_a_502() {
         .await
         .unwrap();
     assert_problem(r, StatusCode::BAD_GATEWAY).await;
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("relay_upstream_errors_total{route=\"/v1/chat/slow\",kind=\"timeout\"} 1"),
         "{metrics}"
@@ -333,14 +326,7 @@ async fn upstream_errors_pass_through_untouched() {
         assert!(r.headers().get("content-type").is_none());
         assert_eq!(r.text().await.unwrap(), "");
     }
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             "relay_http_requests_total{route=\"/v1/chat\",method=\"GET\",status=\"404\"} 1"
@@ -406,12 +392,7 @@ fn redis_config(url: &str, prefix: &str) -> RedisConfig {
 }
 
 fn unique_prefix() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    format!(
-        "relay-test-{}:",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("relay-test-{}:", crate::support::random_hex(6))
 }
 
 /// Waits until the service reports Redis ready (it connects in the background).
@@ -444,14 +425,7 @@ async fn on_redis_fifty_simultaneous_requests_at_limit_20_admit_exactly_20() {
         .create_client(json!({"name": "burst", "rate_limit": 20}))
         .await;
     assert_eq!(burst(&app, &key).await, 20);
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("relay_rate_limiter_fallbacks_total 0"),
         "Redis decided every request"
@@ -556,14 +530,7 @@ async fn a_redis_outage_falls_back_to_per_node_limits_without_errors() {
             .send()
     };
     assert_eq!(get().await.unwrap().status(), StatusCode::CREATED);
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("relay_rate_limiter_fallbacks_total 0\n"),
         "{metrics}"
@@ -593,14 +560,7 @@ async fn a_redis_outage_falls_back_to_per_node_limits_without_errors() {
             .status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let metrics = app
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         !metrics.contains("relay_rate_limiter_fallbacks_total 0\n"),
         "{metrics}"

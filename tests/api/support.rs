@@ -27,10 +27,9 @@ enum Cleanup {
     Shared,
 }
 
-fn random_suffix() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// `len` random bytes in hex, for names that must not collide between parallel tests.
+pub fn random_hex(len: usize) -> String {
+    egregore_relay::domain::random_hex(len).unwrap()
 }
 
 impl TestDb {
@@ -38,7 +37,7 @@ impl TestDb {
         match std::env::var("TEST_DATABASE_URL") {
             Ok(server_url) if !server_url.is_empty() => {
                 use sqlx::Connection;
-                let name = format!("relay_test_{}", random_suffix());
+                let name = format!("relay_test_{}", random_hex(6));
                 let mut conn = sqlx::PgConnection::connect(&server_url)
                     .await
                     .expect("TEST_DATABASE_URL must point at a reachable PostgreSQL server");
@@ -212,6 +211,17 @@ impl TestApp {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.request(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Everything an admin write could touch: every client and the audit log.
