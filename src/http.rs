@@ -73,8 +73,8 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
     let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
+        .map(|p| state.metrics.route_label(p.as_str()));
+    let method = method_label(req.method());
     let response = next.run(req).await;
     // Relay routes are served by the fallback: they name themselves on the response.
     let route = matched
@@ -82,9 +82,9 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
             response
                 .extensions()
                 .get::<relay::RelayRoute>()
-                .map(|r| r.0.clone())
+                .map(|r| state.metrics.route_label(&r.0))
         })
-        .unwrap_or_else(|| "unmatched".to_string());
+        .unwrap_or("unmatched");
     let labels = HttpLabels {
         route,
         method,
@@ -94,6 +94,21 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
         .metrics
         .observe_http(labels, started.elapsed().as_secs_f64());
     response
+}
+
+/// Standard methods by name; anything else is one label, so clients cannot grow the series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-10) for a decision.

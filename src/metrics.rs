@@ -1,6 +1,9 @@
 //! Prometheus metrics: HTTP requests and latency by route and status, verification outcomes,
 //! verification-cache hits and misses. One registry per `AppState`, no global recorder.
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,8 +12,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub route: String,
-    pub method: String,
+    pub route: &'static str,
+    pub method: &'static str,
     pub status: u16,
 }
 
@@ -21,12 +24,12 @@ struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
-    route: String,
+    route: &'static str,
     kind: &'static str,
 }
 
@@ -47,6 +50,7 @@ pub struct Metrics {
     upstream_latency: RouteLatencyFamily,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     relay_rate_limited: Family<RouteLabels, Counter>,
+    routes: RwLock<HashSet<&'static str>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -131,11 +135,35 @@ impl Default for Metrics {
             upstream_latency,
             upstream_errors,
             relay_rate_limited,
+            routes: RwLock::new(HashSet::new()),
         }
     }
 }
 
 impl Metrics {
+    /// A route label that lives as long as the process, without an allocation per request:
+    /// the set of routes is fixed (the router's paths and the configured relay prefixes), so
+    /// each is leaked once.
+    pub fn route_label(&self, route: &str) -> &'static str {
+        if let Some(known) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return known;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        match routes.get(route) {
+            Some(known) => known,
+            None => {
+                let leaked: &'static str = Box::leak(route.to_string().into_boxed_str());
+                routes.insert(leaked);
+                leaked
+            }
+        }
+    }
+
     pub fn observe_http(&self, labels: HttpLabels, seconds: f64) {
         self.http_latency.get_or_create(&labels).observe(seconds);
         self.http_requests.get_or_create(&labels).inc();
@@ -158,7 +186,7 @@ impl Metrics {
 
     pub fn observe_upstream(&self, route: &str, seconds: f64) {
         let labels = RouteLabels {
-            route: route.to_string(),
+            route: self.route_label(route),
         };
         self.upstream_latency
             .get_or_create(&labels)
@@ -168,7 +196,7 @@ impl Metrics {
     /// `kind` is `unreachable`, `timeout` or `failed`.
     pub fn observe_upstream_error(&self, route: &str, kind: &'static str) {
         let labels = UpstreamErrorLabels {
-            route: route.to_string(),
+            route: self.route_label(route),
             kind,
         };
         self.upstream_errors.get_or_create(&labels).inc();
@@ -176,7 +204,7 @@ impl Metrics {
 
     pub fn observe_relay_rate_limited(&self, route: &str) {
         let labels = RouteLabels {
-            route: route.to_string(),
+            route: self.route_label(route),
         };
         self.relay_rate_limited.get_or_create(&labels).inc();
     }
