@@ -1,6 +1,7 @@
 //! Turns a presented credential into a client (or the admin token): parse and checksum first,
-//! then the cache, then one indexed lookup. Never scans, never writes per request (uses go to
-//! the `UsageRecorder`).
+//! then the cache, then one indexed lookup. Never writes per request (uses go to the
+//! `UsageRecorder`); the only scan is the bounded bcrypt check of keys adopted from the
+//! original service that have not been seen yet (see `legacy`).
 
 use std::sync::Arc;
 
