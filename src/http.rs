@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
@@ -50,19 +50,30 @@ pub fn router(state: AppState) -> Router {
 /// axum answers a known path with a wrong method by a bare 405 (with `Allow`); give it, and
 /// any other bodiless error, the problem+json body every error carries.
 async fn problem_for_bare_errors(response: Response) -> Response {
+    // An upstream's own answer passes through untouched.
+    if response.extensions().get::<relay::RelayRoute>().is_some() {
+        return response;
+    }
+    fill_bare_error(response, |status| {
+        ApiError::new(status, status.canonical_reason().unwrap_or("error")).into_response()
+    })
+}
+
+/// Gives a bodiless error response the body (and headers) of `error_for(status)`, keeping its
+/// own headers (`Allow` on a 405); any other response is returned as it is.
+pub(crate) fn fill_bare_error(
+    response: Response,
+    error_for: impl FnOnce(StatusCode) -> Response,
+) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.headers().contains_key(header::CONTENT_TYPE)
-        || response.extensions().get::<relay::RelayRoute>().is_some()
     {
-        // An upstream's own answer passes through untouched.
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let problem =
-        ApiError::new(status, status.canonical_reason().unwrap_or("error")).into_response();
-    let (problem_parts, body) = problem.into_parts();
-    for (name, value) in &problem_parts.headers {
+    let (error_parts, body) = error_for(status).into_parts();
+    for (name, value) in &error_parts.headers {
         parts.headers.insert(name, value.clone());
     }
     Response::from_parts(parts, body)

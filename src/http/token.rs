@@ -40,18 +40,9 @@ pub fn routes() -> Router<AppState> {
 
 /// A 405 (with `Allow`) or other bodiless error from these routes, in the OAuth shape.
 async fn oauth_for_bare_errors(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let (oauth_parts, body) = OAuthError::from_status(status).into_response().into_parts();
-    for (name, value) in &oauth_parts.headers {
-        parts.headers.insert(name, value.clone());
-    }
-    Response::from_parts(parts, body)
+    super::fill_bare_error(response, |status| {
+        OAuthError::from_status(status).into_response()
+    })
 }
 
 /// The request parameters: a form (`application/x-www-form-urlencoded`) or a JSON object of

@@ -290,14 +290,7 @@ async fn an_admin_client_key_works_as_admin_credential_and_is_named_in_the_audit
     assert_eq!(r.status(), StatusCode::CREATED);
     let made: Value = r.json().await.unwrap();
     let id = made["client"]["client_id"].as_str().unwrap();
-    let audit: Value = app
-        .admin(Method::GET, &format!("/admin/audit?client_id={id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = app.admin_get(&format!("/admin/audit?client_id={id}")).await;
     assert_eq!(audit["events"][0]["actor"], admin["client_id"]);
 }
 

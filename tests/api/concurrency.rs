@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::TestApp;
@@ -37,14 +36,7 @@ async fn pagination_neither_repeats_nor_skips_during_concurrent_inserts() {
             Some(c) => format!("/admin/clients?limit=3&cursor={c}"),
             None => "/admin/clients?limit=3".to_string(),
         };
-        let page: Value = app
-            .admin(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.admin_get(&path).await;
         for c in page["clients"].as_array().unwrap() {
             seen.push(c["client_id"].as_str().unwrap().to_string());
         }

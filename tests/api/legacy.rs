@@ -171,14 +171,7 @@ async fn an_adopted_database_keeps_every_client_and_key() {
     let app = TestApp::spawn_on(legacy.db, crate::support::test_config()).await;
 
     // Every field survived, and every client shows up in the admin API.
-    let listed: Value = app
-        .admin(Method::GET, "/admin/clients?include_disabled=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.admin_get("/admin/clients?include_disabled=true").await;
     let shown = listed["clients"].as_array().unwrap();
     assert_eq!(shown.len(), legacy.rows.len());
     for row in &legacy.rows {

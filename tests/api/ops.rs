@@ -61,14 +61,7 @@ async fn metrics_count_requests_outcomes_and_cache_use() {
 #[tokio::test]
 async fn the_openapi_document_describes_every_endpoint() {
     let app = TestApp::spawn().await;
-    let doc: Value = app
-        .request(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.get_json("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let expected = [
         ("/healthz", "get"),

@@ -38,6 +38,15 @@ pub fn relay_config(upstream: &str, dead: &str) -> ServeConfig {
     config
 }
 
+/// `GET path` with `key` in `X-API-Key`.
+async fn get_with_key(app: &TestApp, path: &str, key: &str) -> reqwest::Response {
+    app.request(Method::GET, path)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// An address nothing listens on.
 async fn dead_upstream() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -160,19 +169,9 @@ async fn credentials_and_scopes_are_enforced() {
         .await
         .unwrap();
     assert_problem(r, StatusCode::UNAUTHORIZED).await;
-    let r = app
-        .request(Method::GET, "/v1/chat/echo")
-        .header("x-api-key", &history_only)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_key(&app, "/v1/chat/echo", &history_only).await;
     assert_problem(r, StatusCode::FORBIDDEN).await;
-    let r = app
-        .request(Method::GET, "/v1/search/q")
-        .header("x-api-key", &history_only)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_key(&app, "/v1/search/q", &history_only).await;
     assert_problem(r, StatusCode::FORBIDDEN).await;
 }
 
@@ -181,12 +180,7 @@ async fn unrouted_paths_are_a_404() {
     let (app, _upstream) = spawn().await;
     let (_, key) = app.create_named("n").await;
     for path in ["/v1/chatty", "/v2/chat", "/"] {
-        let r = app
-            .request(Method::GET, path)
-            .header("x-api-key", &key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with_key(&app, path, &key).await;
         assert_problem(r, StatusCode::NOT_FOUND).await;
     }
     let plain = TestApp::spawn().await;
@@ -201,20 +195,10 @@ async fn the_rate_limit_applies_with_headers_and_retry_after() {
         .create_client(json!({"name": "rl", "rate_limit": 3}))
         .await;
     for _ in 0..3 {
-        let r = app
-            .request(Method::GET, "/v1/chat/echo")
-            .header("x-api-key", &key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with_key(&app, "/v1/chat/echo", &key).await;
         assert_eq!(r.status(), StatusCode::CREATED);
     }
-    let r = app
-        .request(Method::GET, "/v1/chat/echo")
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_key(&app, "/v1/chat/echo", &key).await;
     assert_eq!(r.headers()["retry-after"], "20");
     assert_eq!(r.headers()["ratelimit"], "\"default\";r=0;t=60");
     let problem = assert_problem(r, StatusCode::TOO_MANY_REQUESTS).await;
@@ -230,12 +214,7 @@ async fn the_rate_limit_applies_with_headers_and_retry_after() {
 async fn server_sent_events_arrive_one_by_one() {
     let (app, upstream) = spawn().await;
     let (_, key) = app.create_named("sse").await;
-    let mut r = app
-        .request(Method::GET, "/v1/chat/sse")
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    let mut r = get_with_key(&app, "/v1/chat/sse", &key).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let first = tokio::time::timeout(Duration::from_secs(5), r.chunk())
@@ -287,19 +266,9 @@ async fn a_large_upload_streams_through_without_being_held() {
 async fn a_slow_upstream_is_a_504_and_a_dead_one_a_502() {
     let (app, _upstream) = spawn().await;
     let (_, key) = app.create_named("t").await;
-    let r = app
-        .request(Method::GET, "/v1/chat/slow")
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_key(&app, "/v1/chat/slow", &key).await;
     assert_problem(r, StatusCode::GATEWAY_TIMEOUT).await;
-    let r = app
-        .request(Method::GET, "/v1/dead/x")
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_with_key(&app, "/v1/dead/x", &key).await;
     assert_problem(r, StatusCode::BAD_GATEWAY).await;
     let metrics = app.metrics().await;
     assert!(
@@ -316,12 +285,7 @@ async fn upstream_errors_pass_through_untouched() {
     let (app, _upstream) = spawn().await;
     let (_, key) = app.create_named("e").await;
     for code in [404, 500, 503] {
-        let r = app
-            .request(Method::GET, &format!("/v1/chat/status/{code}"))
-            .header("x-api-key", &key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with_key(&app, &format!("/v1/chat/status/{code}"), &key).await;
         assert_eq!(r.status().as_u16(), code);
         assert!(r.headers().get("content-type").is_none());
         assert_eq!(r.text().await.unwrap(), "");
@@ -450,12 +414,7 @@ async fn two_relays_on_one_redis_share_one_limit() {
     let mut passed = 0;
     for i in 0..20 {
         let app = if i % 2 == 0 { &first } else { &second };
-        let r = app
-            .request(Method::GET, "/v1/chat/echo")
-            .header("x-api-key", &key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with_key(app, "/v1/chat/echo", &key).await;
         passed += usize::from(r.status() == StatusCode::CREATED);
     }
     assert_eq!(
@@ -581,14 +540,7 @@ async fn the_service_starts_and_serves_when_redis_is_unreachable() {
         .await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(
-            app.request(Method::GET, "/v1/chat/echo")
-                .header("x-api-key", &key)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-        );
+        statuses.push(get_with_key(&app, "/v1/chat/echo", &key).await.status());
     }
     assert_eq!(
         statuses,

@@ -213,6 +213,28 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// `GET path` without credentials; the answer as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with the admin token; the answer as JSON.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        self.admin(Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.request(Method::GET, "/metrics")

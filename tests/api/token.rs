@@ -64,14 +64,7 @@ struct RelayClaims {
 /// Validates `token` against the published JWKS with jwt-compact, a library the service
 /// does not use.
 async fn validate_with_jwks(app: &TestApp, token: &str) -> (String, RelayClaims, i64, i64) {
-    let jwks: Value = app
-        .request(Method::GET, "/.well-known/jwks.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     let untrusted = UntrustedToken::new(token).unwrap();
     let kid = untrusted.header().key_id.clone().unwrap();
     let jwk_json = jwks["keys"]
@@ -153,13 +146,8 @@ async fn an_oauth2_client_gets_a_token_with_client_secret_basic() {
 
     let (kid, claims, iat, exp) = validate_with_jwks(&app, token.access_token().secret()).await;
     let metadata: Value = app
-        .request(Method::GET, "/.well-known/oauth-authorization-server")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/.well-known/oauth-authorization-server")
+        .await;
     assert_eq!(claims.iss, metadata["issuer"]);
     assert_eq!(claims.iss, app.base);
     assert_eq!((claims.sub.as_str(), claims.client_id.as_str()), (id, id));
@@ -571,14 +559,7 @@ async fn every_kind_of_bad_token_is_refused() {
     let body = genuine.split('.').nth(1).unwrap();
     bad.push(("alg none", format!("{none_header}.{body}.")));
     // HS256 keyed with the published public key.
-    let jwks: Value = app
-        .request(Method::GET, "/.well-known/jwks.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     let x = URL_SAFE_NO_PAD
         .decode(jwks["keys"][0]["x"].as_str().unwrap())
         .unwrap();
@@ -700,14 +681,7 @@ async fn rotation_publishes_the_new_key_and_keeps_old_tokens_valid() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let jwks: Value = app
-        .request(Method::GET, "/.well-known/jwks.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()
@@ -720,14 +694,7 @@ async fn rotation_publishes_the_new_key_and_keeps_old_tokens_valid() {
     validate_with_jwks(&app, &old_token).await;
     validate_with_jwks(&app, &new_token).await;
 
-    let audit: Value = app
-        .admin(Method::GET, "/admin/audit")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = app.admin_get("/admin/audit").await;
     assert_eq!(audit["events"][0]["action"], "signing_key.rotated");
     assert_eq!(audit["events"][0]["changes"]["kid"], new.kid);
     assert_eq!(audit["events"][0]["client_id"], Value::Null);
@@ -738,13 +705,8 @@ async fn rotation_publishes_the_new_key_and_keeps_old_tokens_valid() {
 async fn server_metadata_points_at_every_endpoint() {
     let app = TestApp::spawn().await;
     let m: Value = app
-        .request(Method::GET, "/.well-known/oauth-authorization-server")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/.well-known/oauth-authorization-server")
+        .await;
     assert_eq!(m["issuer"], app.base);
     assert_eq!(m["token_endpoint"], format!("{}/v1/token", app.base));
     assert_eq!(m["jwks_uri"], format!("{}/.well-known/jwks.json", app.base));

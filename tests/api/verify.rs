@@ -157,14 +157,7 @@ async fn last_used_at_is_recorded_within_ten_seconds() {
     assert_eq!(app.verify(&key).await["valid"], true);
     let mut recorded = Value::Null;
     for _ in 0..50 {
-        let c: Value = app
-            .admin(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let c: Value = app.admin_get(&path).await;
         recorded = c["last_used_at"].clone();
         if !recorded.is_null() {
             break;
