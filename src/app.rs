@@ -2,7 +2,6 @@
 //! HTTP service on a bound listener until a shutdown future resolves.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use crate::admin::ClientAdmin;
 use crate::cache::KeyCache;
 use crate::change_feed::ChangeFeed;
 use crate::config::ServeConfig;
+use crate::domain::address::TrustedProxies;
 use crate::keyring::KeyRing;
 use crate::legacy::LegacyKeys;
 use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter, RedisRateLimiter};
@@ -45,7 +45,7 @@ pub struct Shared {
     pub failed_auth: Arc<FailedAuthLimiter>,
     pub metrics: Arc<Metrics>,
     /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Arc<[IpAddr]>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 const CHANGE_POLL: Duration = Duration::from_millis(500);
@@ -54,8 +54,8 @@ const USAGE_FLUSH: Duration = Duration::from_secs(5);
 const SWEEP: Duration = Duration::from_secs(60);
 const CHANGE_RETENTION: chrono::Duration = chrono::Duration::hours(1);
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish, stops the background
-/// tasks and writes the last `last_used_at` batch.
+/// Serves until `shutdown` resolves, then lets in-flight requests finish (for at most the
+/// shutdown grace period), stops the background tasks and writes the last `last_used_at` batch.
 pub async fn serve(
     config: &ServeConfig,
     store: Arc<dyn Store>,
@@ -97,7 +97,9 @@ pub async fn serve(
                 store.clone(),
                 config.legacy_bcrypt_concurrency,
                 metrics.legacy_bcrypt_checks.clone(),
+                metrics.legacy_checks_queued.clone(),
             ),
+            failed_auth.clone(),
         )),
         tokens: tokens.clone(),
         relay: Arc::new(crate::http::Relay::new(
@@ -108,7 +110,7 @@ pub async fn serve(
         limiter: limiter.clone(),
         failed_auth: failed_auth.clone(),
         metrics,
-        trusted_proxies: config.trusted_proxies.clone().into(),
+        trusted_proxies: config.trusted_proxies.clone(),
     }));
     let (stop, stopped) = watch::channel(false);
     let background = Background {
@@ -122,11 +124,9 @@ pub async fn serve(
     };
     let background = tokio::spawn(background.run(stopped));
 
-    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = crate::http::router(state);
     tracing::info!(address = %listener.local_addr()?, "listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    crate::server::run(listener, app, config.connections, shutdown).await;
 
     let _ = stop.send(true);
     if let Err(e) = background.await {
@@ -135,7 +135,6 @@ pub async fn serve(
     if let Err(e) = usage.flush(store.as_ref()).await {
         tracing::error!(error = %e, "could not record last use at shutdown");
     }
-    served?;
     Ok(())
 }
 

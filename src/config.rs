@@ -2,7 +2,7 @@
 //! reference), validated once at startup into plain values handed down to each part.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::domain::access_token::{MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenSettings};
+use crate::domain::address::{self, TrustedProxies};
 use crate::domain::route::{Route, RouteTable};
+use crate::server::ConnectionLimits;
 
 /// Where the data lives; shared by every command.
 #[derive(Args, Clone)]
@@ -79,9 +81,10 @@ pub struct ServeArgs {
     /// Largest number of keys in the verification cache.
     #[arg(long, env = "RELAY_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: usize,
-    /// Comma-separated proxy addresses whose X-Forwarded-For is believed.
+    /// Comma-separated proxies whose X-Forwarded-For is believed: addresses or CIDR networks
+    /// (10.0.0.0/8, 2001:db8::/32).
     #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<String>,
     /// Lifetime of access tokens in seconds (60..=86400).
     #[arg(long, env = "RELAY_TOKEN_TTL", default_value_t = 900)]
     pub token_ttl: u32,
@@ -116,6 +119,13 @@ pub struct ServeArgs {
     /// Threads that may run bcrypt for keys adopted from the original service.
     #[arg(long, env = "RELAY_LEGACY_BCRYPT_CONCURRENCY", default_value_t = 1)]
     pub legacy_bcrypt_concurrency: usize,
+    /// Connections served at once; more wait in the listen queue.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds requests in flight may take to finish on SIGTERM/SIGINT; relay streams still
+    /// open then are cut.
+    #[arg(long, env = "RELAY_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
 }
 
 /// The route file (`RELAY_CONFIG`).
@@ -156,12 +166,13 @@ pub struct ServeConfig {
     pub admin_token: Option<SecretString>,
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: TrustedProxies,
     pub tokens: TokenSettings,
     pub routes: RouteTable,
     pub upstream_timeouts: UpstreamTimeouts,
     pub redis: Option<RedisConfig>,
     pub legacy_bcrypt_concurrency: usize,
+    pub connections: ConnectionLimits,
 }
 
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -213,10 +224,24 @@ impl ServeArgs {
                 url: SecretString::from(url),
                 prefix: self.redis_prefix.clone(),
             });
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| address::parse_network(t).map_err(|e| format!("RELAY_TRUSTED_PROXIES: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.legacy_bcrypt_concurrency == 0 {
             return Err("RELAY_LEGACY_BCRYPT_CONCURRENCY must be at least 1".into());
         }
+        if self.max_connections == 0 {
+            return Err("RELAY_MAX_CONNECTIONS must be at least 1".into());
+        }
         Ok(ServeConfig {
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                shutdown_grace: Duration::from_secs(self.shutdown_grace),
+                ..ConnectionLimits::default()
+            },
             legacy_bcrypt_concurrency: self.legacy_bcrypt_concurrency,
             routes,
             upstream_timeouts: UpstreamTimeouts {
@@ -228,7 +253,7 @@ impl ServeArgs {
             admin_token,
             cache_ttl: Duration::from_secs(self.cache_ttl),
             cache_capacity: self.cache_capacity,
-            trusted_proxies: self.trusted_proxies,
+            trusted_proxies: TrustedProxies::new(trusted_proxies),
             tokens: TokenSettings {
                 issuer,
                 audience: self.audience,
@@ -246,7 +271,7 @@ impl ServeConfig {
             admin_token: Some(SecretString::from(token.to_string())),
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             tokens: TokenSettings {
                 issuer: "http://127.0.0.1".into(),
                 audience: "egregore-relay".into(),
@@ -259,6 +284,7 @@ impl ServeConfig {
             },
             redis: None,
             legacy_bcrypt_concurrency: 1,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -359,6 +385,23 @@ mod tests {
                 .unwrap_err()
                 .contains("RELAY_CONFIG")
         );
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let args = ["x", "--trusted-proxies", "10.0.0.0/8,192.0.2.1, ::1"];
+        let config = Cli::parse_from(args).serve.into_config().unwrap();
+        for ip in ["10.1.2.3", "192.0.2.1", "::1", "::ffff:10.0.0.1"] {
+            assert!(config.trusted_proxies.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(
+            !config
+                .trusted_proxies
+                .contains("192.0.2.2".parse().unwrap())
+        );
+        let args = ["x", "--trusted-proxies", "10.0.0.1/8"];
+        let error = Cli::parse_from(args).serve.into_config().unwrap_err();
+        assert!(error.contains("RELAY_TRUSTED_PROXIES"), "{error}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! is always an argument (`now`) so tests never sleep.
 
 pub mod access_token;
+pub mod address;
 pub mod api_key;
 pub mod audit;
 pub mod client;

@@ -5,7 +5,8 @@
 //! and does no I/O; `storage` keeps clients in SQLite or PostgreSQL behind one `Store` trait;
 //! `verifier` turns a presented key into a client through the `cache`; `admin` is the set of
 //! client operations shared by the HTTP admin API and the command line; `limiter` keeps
-//! rate-limit state; `http` is the axum edge; `app` wires it all and serves; `cli` and
+//! rate-limit state; `http` is the axum edge; `server` accepts connections and bounds them;
+//! `app` wires it all and serves; `cli` and
 //! `config` are the command line.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod keyring;
 pub mod legacy;
 pub mod limiter;
 pub mod metrics;
+pub mod server;
 pub mod storage;
 pub mod token;
 pub mod usage;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::domain::address::failure_key;
 use crate::domain::client::ClientId;
 use crate::domain::rate_limit::{self, Decision};
 
@@ -277,9 +279,15 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 
 /// At most `FAILURES_PER_MINUTE` failed authentications per remote address per minute; past
 /// that the address is refused (429) until its window ends, so keys cannot be guessed at speed.
+/// Addresses are counted by `domain::address::failure_key` (IPv6 by /64), and at most
+/// `MAX_TRACKED` of them at once: past that, new addresses share one overflow window, so a
+/// flood from many addresses can neither grow the map nor escape the limit.
 #[derive(Default)]
 pub struct FailedAuthLimiter {
     windows: Mutex<HashMap<IpAddr, Window>>,
+    /// When the map was last found full (nanoseconds): pruning then is a scan of the whole
+    /// map, so it runs at most once a second, and so does the warning.
+    last_full: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Clone, Copy)]
@@ -290,13 +298,21 @@ struct Window {
 
 pub const FAILURES_PER_MINUTE: u32 = 30;
 const WINDOW_NANOS: i64 = 60_000_000_000;
+const MAX_TRACKED: usize = 100_000;
+/// Where failures of addresses beyond `MAX_TRACKED` are counted together.
+const OVERFLOW: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 impl FailedAuthLimiter {
     /// Seconds the address must wait before it may try again, or `None` if it may try now.
     pub fn blocked_for(&self, addr: IpAddr, now: DateTime<Utc>) -> Option<u64> {
         let now = nanos(now);
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let w = windows.get(&addr)?;
+        let key = failure_key(addr);
+        let w = windows.get(&key).or_else(|| {
+            (windows.len() >= MAX_TRACKED)
+                .then(|| windows.get(&OVERFLOW))
+                .flatten()
+        })?;
         let ends = w.started + WINDOW_NANOS;
         (w.failures >= FAILURES_PER_MINUTE && ends > now)
             .then(|| u64::try_from((ends - now + 999_999_999) / 1_000_000_000).unwrap_or(60))
@@ -305,7 +321,24 @@ impl FailedAuthLimiter {
     pub fn record_failure(&self, addr: IpAddr, now: DateTime<Utc>) {
         let now = nanos(now);
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let w = windows.entry(addr).or_insert(Window {
+        let mut key = failure_key(addr);
+        if !windows.contains_key(&key) && windows.len() >= MAX_TRACKED {
+            let last_full = self.last_full.load(Ordering::Relaxed);
+            if now - last_full >= 1_000_000_000 {
+                self.last_full.store(now, Ordering::Relaxed);
+                windows.retain(|_, w| w.started + WINDOW_NANOS > now);
+                if windows.len() >= MAX_TRACKED {
+                    tracing::warn!(
+                        tracked = windows.len(),
+                        "failed authentications from too many addresses: new ones share one limit"
+                    );
+                }
+            }
+            if windows.len() >= MAX_TRACKED {
+                key = OVERFLOW;
+            }
+        }
+        let w = windows.entry(key).or_insert(Window {
             started: now,
             failures: 0,
         });
@@ -316,6 +349,15 @@ impl FailedAuthLimiter {
             };
         }
         w.failures += 1;
+    }
+
+    /// Takes back one failure charged in advance (see `Verifier`'s legacy path) once the
+    /// credential turned out valid.
+    pub fn refund(&self, addr: IpAddr) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = windows.get_mut(&failure_key(addr)) {
+            w.failures = w.failures.saturating_sub(1);
+        }
     }
 
     pub fn sweep(&self, now: DateTime<Utc>) {
@@ -364,5 +406,46 @@ mod tests {
         );
         assert_eq!(limiter.blocked_for("192.0.2.2".parse().unwrap(), t0), None);
         assert_eq!(limiter.blocked_for(addr, t0 + Duration::seconds(60)), None);
+    }
+
+    #[test]
+    fn one_ipv6_64_shares_one_budget() {
+        let limiter = FailedAuthLimiter::default();
+        let t0 = crate::domain::now();
+        for i in 0..30u16 {
+            let addr = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, 0, 0, 1));
+            limiter.record_failure(addr, t0);
+        }
+        assert!(
+            limiter
+                .blocked_for("2001:db8:0:1::99".parse().unwrap(), t0)
+                .is_some()
+        );
+        assert!(
+            limiter
+                .blocked_for("2001:db8:0:2::1".parse().unwrap(), t0)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_flood_from_many_addresses_stays_bounded_and_limited() {
+        let limiter = FailedAuthLimiter::default();
+        let t0 = crate::domain::now();
+        for i in 0..u32::try_from(MAX_TRACKED).unwrap() {
+            limiter.record_failure(IpAddr::V4(std::net::Ipv4Addr::from(i)), t0);
+        }
+        // Every address beyond the bound is charged to one window, which fills up at once.
+        for i in 0..FAILURES_PER_MINUTE {
+            limiter.record_failure(IpAddr::V4(std::net::Ipv4Addr::from(0xf000_0000 + i)), t0);
+        }
+        let windows = limiter.windows.lock().unwrap().len();
+        assert_eq!(windows, MAX_TRACKED + 1);
+        let newcomer = IpAddr::V4(std::net::Ipv4Addr::new(250, 0, 0, 1));
+        assert!(limiter.blocked_for(newcomer, t0).is_some());
+        // Once their windows have passed, room is made again.
+        let later = t0 + Duration::seconds(61);
+        limiter.record_failure(newcomer, later);
+        assert!(limiter.windows.lock().unwrap().len() <= 2);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -47,6 +48,8 @@ pub struct Metrics {
     pub limiter_fallbacks: Counter,
     /// bcrypt comparisons made for keys of the original service.
     pub legacy_bcrypt_checks: Counter,
+    /// Checks of keys of the original service queued or running now.
+    pub legacy_checks_queued: Gauge,
     upstream_latency: RouteLatencyFamily,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     relay_rate_limited: Family<RouteLabels, Counter>,
@@ -105,6 +108,12 @@ impl Default for Metrics {
             "bcrypt comparisons made for keys adopted from the original service",
             legacy_bcrypt_checks.clone(),
         );
+        let legacy_checks_queued = Gauge::default();
+        registry.register(
+            "legacy_key_checks_queued",
+            "Checks of keys adopted from the original service queued or running",
+            legacy_checks_queued.clone(),
+        );
         let upstream_latency = RouteLatencyFamily::new_with_constructor(latency_histogram);
         registry.register(
             "upstream_response_seconds",
@@ -132,6 +141,7 @@ impl Default for Metrics {
             cache_misses,
             limiter_fallbacks,
             legacy_bcrypt_checks,
+            legacy_checks_queued,
             upstream_latency,
             upstream_errors,
             relay_rate_limited,

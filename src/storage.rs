@@ -113,12 +113,19 @@ pub trait Store: Send + Sync {
     /// Forgets change records older than `before`.
     async fn prune_changes(&self, before: DateTime<Utc>) -> Result<(), Error>;
 
-    /// The client whose adopted key has this SHA-256 (set by `upgrade_legacy_key`).
+    /// The client whose adopted key has this SHA-256 (set by `upgrade_legacy_key`), while the
+    /// row still holds the bcrypt hash the digest was checked against.
     async fn client_by_legacy_digest(&self, digest: &KeyHash) -> Result<Option<Client>, Error>;
-    /// `(client_id, bcrypt hash)` of every adopted key not yet seen since adoption.
+    /// `(client_id, bcrypt hash)` of every adopted key whose hash has no digest bound to it.
     async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error>;
-    /// Records the SHA-256 of an adopted key that just matched its bcrypt hash.
-    async fn upgrade_legacy_key(&self, id: &ClientId, digest: &KeyHash) -> Result<(), Error>;
+    /// Records the SHA-256 of an adopted key that just matched the bcrypt hash `matched_hash`,
+    /// bound to that hash (nothing is written if the row holds another hash by now).
+    async fn upgrade_legacy_key(
+        &self,
+        id: &ClientId,
+        digest: &KeyHash,
+        matched_hash: &str,
+    ) -> Result<(), Error>;
 
     /// Every stored token-signing key, newest first.
     async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error>;

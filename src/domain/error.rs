@@ -32,6 +32,9 @@ pub enum Error {
     Forbidden(String),
     #[error("rate limited; retry after {retry_after_seconds} s")]
     RateLimited { retry_after_seconds: u64 },
+    /// The work this request needs is over its bound for now (legacy-key bcrypt checks).
+    #[error("busy; retry after {retry_after_seconds} s")]
+    Busy { retry_after_seconds: u64 },
     #[error("storage failed")]
     Storage(#[from] crate::storage::Error),
     #[error("the operating system's random number generator failed")]

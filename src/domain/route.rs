@@ -1,7 +1,12 @@
 //! Relay routes: which incoming path prefix goes to which upstream, guarded by which scope.
 //! A prefix matches whole path segments (`/v1/chat` matches `/v1/chat` and `/v1/chat/x`, never
 //! `/v1/chatty`); the longest match wins.
+//!
+//! Routes are matched on the canonical form of the request path, and only that form is
+//! forwarded: an upstream that decodes or resolves paths itself (nginx, static servers, most
+//! frameworks) must see the path the scope was checked against, never `/v1/chat/../history`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,13 @@ impl RouteTable {
             }
             if r.prefix.len() > 1 {
                 r.prefix = r.prefix.trim_end_matches('/').to_string();
+            }
+            if canonical_path(&r.prefix).ok().as_deref() != Some(r.prefix.as_str()) {
+                return Err(format!(
+                    "route prefix {:?} must be a canonical path (no dot segments, escapes \
+                     only where needed, in upper case)",
+                    r.prefix
+                ));
             }
             if !super::scope::is_valid(&r.scope) {
                 return Err(format!(
@@ -84,6 +96,86 @@ impl RouteTable {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+}
+
+/// Why a request path has no safe canonical form; the text is the problem's detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsafePath(pub &'static str);
+
+/// The canonical form of a request path as sent (still percent-encoded): percent-encoded
+/// unreserved characters decoded (`%61` → `a`, RFC 3986 §6.2.2.2), every other escape in
+/// upper case. Refused, because upstreams disagree on what they mean: dot segments (also as
+/// `..;x`, which Tomcat reads as `..`), empty segments (a trailing `/` excepted), `\`, and
+/// encoded `/`, `\`, `.`, `%` or control characters (NUL included).
+pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, UnsafePath> {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return Err(UnsafePath("the path must start with /"));
+    };
+    // The common path has nothing to decode or refuse: no allocation.
+    if !raw.contains(['%', '\\']) && !raw.contains("//") && !raw.contains("/.") {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let segments = rest.split('/');
+    let count = rest.split('/').count();
+    let mut canonical = String::new();
+    let mut changed = false;
+    for (i, segment) in segments.enumerate() {
+        if segment.is_empty() && i + 1 < count {
+            return Err(UnsafePath("the path has an empty segment"));
+        }
+        let name = segment.split(';').next().unwrap_or(segment);
+        if name == "." || name == ".." {
+            return Err(UnsafePath("the path has a dot segment"));
+        }
+        canonical.push('/');
+        changed |= push_canonical_segment(&mut canonical, segment)?;
+    }
+    if changed {
+        Ok(Cow::Owned(canonical))
+    } else {
+        Ok(Cow::Borrowed(raw))
+    }
+}
+
+/// Appends the canonical form of one segment; returns whether it differs from `segment`.
+fn push_canonical_segment(out: &mut String, segment: &str) -> Result<bool, UnsafePath> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut changed = false;
+    let mut rest = segment;
+    while let Some(at) = rest.find(['%', '\\']) {
+        out.push_str(&rest[..at]);
+        if rest[at..].starts_with('\\') {
+            return Err(UnsafePath("the path contains a backslash"));
+        }
+        let escape = rest.get(at..at + 3).unwrap_or("");
+        let decoded = escape
+            .get(1..)
+            .filter(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or(UnsafePath("the path has a malformed percent-encoding"))?;
+        match decoded {
+            b'.' | b'/' | b'\\' | b'%' => {
+                return Err(UnsafePath(
+                    "the path encodes a character that separates or escapes segments",
+                ));
+            }
+            d if d.is_ascii_control() => {
+                return Err(UnsafePath("the path encodes a control character"));
+            }
+            d if d.is_ascii_alphanumeric() || d == b'-' || d == b'_' || d == b'~' => {
+                out.push(char::from(d));
+                changed = true;
+            }
+            d => {
+                let upper = [b'%', HEX[usize::from(d >> 4)], HEX[usize::from(d & 0xf)]];
+                changed |= upper != escape.as_bytes();
+                out.extend(upper.map(char::from));
+            }
+        }
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Ok(changed)
 }
 
 /// Accepts `http://host[:port][/base]`; returns it without a trailing `/`.
@@ -175,6 +267,54 @@ mod tests {
             RouteTable::new(vec![r]).unwrap().routes()[0].upstream,
             "http://[::1]:8080/base"
         );
+    }
+
+    #[test]
+    fn canonical_paths_decode_unreserved_escapes_and_refuse_the_ambiguous() {
+        let ok = |raw: &str| canonical_path(raw).unwrap().into_owned();
+        assert_eq!(ok("/v1/chat/x"), "/v1/chat/x");
+        assert_eq!(ok("/"), "/");
+        assert_eq!(ok("/v1/chat/"), "/v1/chat/");
+        assert_eq!(ok("/v1/chat/%61dmin"), "/v1/chat/admin");
+        assert_eq!(ok("/v1/%7Euser/%2d"), "/v1/~user/-");
+        assert_eq!(ok("/v1/a%20b%c3%a9"), "/v1/a%20b%C3%A9");
+        assert_eq!(ok("/v1/.well-known/x..y/...z"), "/v1/.well-known/x..y/...z");
+        assert!(matches!(canonical_path("/v1/chat"), Ok(Cow::Borrowed(_))));
+        for raw in [
+            "/v1/chat/../history",
+            "/v1/chat/./admin",
+            "/v1/chat/..",
+            "/v1/chat/..;jsessionid=1/history",
+            "/v1/chat/%2e%2e/history",
+            "/v1/chat/%2E/admin",
+            "/v1/chat/..%2fhistory",
+            "/v1/chat/%2F",
+            "/v1/chat//admin",
+            "//v1/chat",
+            "/v1/chat/..\\history",
+            "/v1/chat/%5chistory",
+            "/v1/chat/%00",
+            "/v1/chat/%0a",
+            "/v1/chat/%7f",
+            "/v1/chat/%25",
+            "/v1/chat/%zz",
+            "/v1/chat/%4",
+            "/v1/chat/%+1",
+            "v1/chat",
+            "*",
+        ] {
+            assert!(canonical_path(raw).is_err(), "{raw} was accepted");
+        }
+    }
+
+    #[test]
+    fn route_prefixes_must_be_canonical() {
+        for prefix in ["/v1/%63hat", "/v1/../x", "/v1/./x"] {
+            assert!(
+                RouteTable::new(vec![route(prefix, "chat")]).is_err(),
+                "{prefix}"
+            );
+        }
     }
 
     #[test]

@@ -88,6 +88,15 @@ impl From<domain::Error> for ApiError {
             E::RateLimited {
                 retry_after_seconds,
             } => ApiError::rate_limited(retry_after_seconds, "rate limit exceeded"),
+            E::Busy {
+                retry_after_seconds,
+            } => ApiError {
+                retry_after: Some(retry_after_seconds),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the key cannot be checked now; try again later",
+                )
+            },
             E::Storage(crate::storage::Error::Unavailable(source)) => {
                 tracing::error!(error = %source, "database unavailable");
                 ApiError::new(
@@ -206,6 +215,16 @@ impl From<domain::Error> for OAuthError {
             domain::Error::RateLimited {
                 retry_after_seconds,
             } => OAuthError::too_many_requests(retry_after_seconds, "too many requests"),
+            domain::Error::Busy {
+                retry_after_seconds,
+            } => OAuthError {
+                retry_after: Some(retry_after_seconds),
+                ..OAuthError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the key cannot be checked now; try again later",
+                )
+            },
             domain::Error::Invalid(_) => OAuthError::invalid_request("invalid request"),
             domain::Error::NotFound => OAuthError::invalid_request("not found"),
             other => {

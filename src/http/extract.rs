@@ -163,24 +163,12 @@ impl FromRequestParts<AppState> for ClientAddr {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        let trusted = |ip: &IpAddr| state.trusted_proxies.contains(ip);
-        if !trusted(&peer) {
-            return Ok(ClientAddr(peer));
-        }
         let forwarded = parts
             .headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .collect::<Vec<_>>();
-        let client = forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !trusted(ip))
-            .unwrap_or(peer);
-        Ok(ClientAddr(client))
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(state.trusted_proxies.caller(peer, forwarded)))
     }
 }
 
@@ -241,7 +229,9 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
 }
 
 /// Checks the request's credential for `scope`, counting failures against the caller's
-/// address and refusing an address that has failed too often.
+/// address. An address that has failed too often is still served with a valid credential
+/// (many callers may share it behind NAT or a proxy), but its failures are answered 429 and
+/// it gets no bcrypt work.
 pub async fn authorize(
     parts: &mut Parts,
     state: &AppState,
@@ -249,19 +239,31 @@ pub async fn authorize(
 ) -> Result<Actor, domain::Error> {
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
     let now = domain::now();
-    if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
-        return Err(domain::Error::RateLimited {
-            retry_after_seconds: wait,
-        });
-    }
+    let blocked = state.failed_auth.blocked_for(addr, now);
     let result = match credential(&parts.headers) {
-        Some(credential) => state.verifier.authorize(credential, scope, now).await,
+        Some(credential) => state.verifier.authorize(credential, scope, addr, now).await,
         None => Err(domain::Error::Unauthenticated),
     };
-    if matches!(result, Err(domain::Error::Unauthenticated)) {
-        state.failed_auth.record_failure(addr, now);
+    match result {
+        Err(domain::Error::Unauthenticated) => Err(failed_authentication(state, addr, blocked)),
+        other => other,
     }
-    result
+}
+
+/// Records a failed authentication from `addr`: the error to answer is 401, or 429 when the
+/// address was already over its budget (`blocked`: seconds until its window ends).
+pub fn failed_authentication(
+    state: &AppState,
+    addr: IpAddr,
+    blocked: Option<u64>,
+) -> domain::Error {
+    state.failed_auth.record_failure(addr, domain::now());
+    match blocked {
+        Some(retry_after_seconds) => domain::Error::RateLimited {
+            retry_after_seconds,
+        },
+        None => domain::Error::Unauthenticated,
+    }
 }
 
 #[cfg(test)]

@@ -17,13 +17,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::error::ApiError;
-use super::extract::{ClientAddr, credential};
+use super::extract::{ClientAddr, credential, failed_authentication};
 use super::rate_limit_headers;
 use crate::app::AppState;
 use crate::config::UpstreamTimeouts;
 use crate::domain::client::Client;
-use crate::domain::route::{Route, RouteTable};
-use crate::domain::{self, api_key};
+use crate::domain::route::{Route, RouteTable, UnsafePath, canonical_path};
+use crate::domain::{self, address, api_key};
 use crate::verifier::KeyCheck;
 
 /// The configured routes and the pooled client that forwards to them.
@@ -71,6 +71,8 @@ const X_RELAY_CLIENT_ID: HeaderName = HeaderName::from_static("x-relay-client-id
 const X_RELAY_SCOPES: HeaderName = HeaderName::from_static("x-relay-scopes");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Not standard, but some clients send it and some proxies honour it as `Connection`.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
@@ -99,23 +101,13 @@ async fn authenticate(
     addr: IpAddr,
 ) -> Result<Caller, ApiError> {
     let now = domain::now();
-    if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
-        return Err(ApiError::rate_limited(
-            wait,
-            "too many failed authentications",
-        ));
-    }
+    let blocked = state.failed_auth.blocked_for(addr, now);
     let caller = match credential(headers) {
         None => None,
         Some(key)
             if key.starts_with(api_key::PREFIX) || !headers.contains_key(header::AUTHORIZATION) =>
         {
-            match state
-                .verifier
-                .check_key(key, now)
-                .await
-                .map_err(domain::Error::from)?
-            {
+            match state.verifier.check_key(key, addr, now).await? {
                 KeyCheck::Valid(client) => Some(Caller {
                     scopes: client.scopes.clone(),
                     client,
@@ -141,28 +133,42 @@ async fn authenticate(
             state.verifier.record_use(&caller.client, now);
             Ok(caller)
         }
-        None => {
-            state.failed_auth.record_failure(addr, now);
-            Err(domain::Error::Unauthenticated.into())
-        }
+        None => Err(failed_authentication(state, addr, blocked).into()),
     }
 }
 
-/// The fallback handler: a relay route if one matches, else 404.
+/// The fallback handler: a relay route if one matches, else 404. Routes are matched on the
+/// canonical path (see `domain::route::canonical_path`), and that is what is forwarded; a
+/// path without a safe canonical form is a 400.
 pub async fn relay_or_not_found(State(state): State<AppState>, req: Request) -> Response {
-    let Some(route) = state.relay.routes.find(req.uri().path()) else {
+    let routes = &state.relay.routes;
+    if routes.is_empty() {
+        return ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response();
+    }
+    let path = match canonical_path(req.uri().path()) {
+        Ok(path) => path.into_owned(),
+        Err(UnsafePath(reason)) => {
+            return ApiError::bad_request(reason, Vec::new()).into_response();
+        }
+    };
+    let Some(route) = routes.find(&path) else {
         return ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response();
     };
     let route = route.clone();
     let label = RelayRoute(route.prefix.clone());
-    let mut response = relay(&state, &route, req)
+    let mut response = relay(&state, &route, &path, req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     response.extensions_mut().insert(label);
     response
 }
 
-async fn relay(state: &AppState, route: &Route, req: Request) -> Result<Response, ApiError> {
+async fn relay(
+    state: &AppState,
+    route: &Route,
+    path: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(&mut parts, state).await;
     let caller = authenticate(state, &parts.headers, addr).await?;
@@ -191,19 +197,12 @@ async fn relay(state: &AppState, route: &Route, req: Request) -> Result<Response
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| address::canonical(c.0.ip()));
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
-    for name in [
-        header::AUTHORIZATION,
-        X_API_KEY,
-        header::HOST,
-        X_RELAY_CLIENT_ID,
-        X_RELAY_SCOPES,
-    ] {
-        headers.remove(&name);
-    }
-    forwarded_for(&mut headers, peer, state);
+    let peer_trusted = peer.is_some_and(|p| state.trusted_proxies.contains(p));
+    strip_spoofable(&mut headers, peer_trusted);
+    forwarded_for(&mut headers, peer, peer_trusted);
     insert(
         &mut headers,
         X_RELAY_CLIENT_ID,
@@ -212,8 +211,11 @@ async fn relay(state: &AppState, route: &Route, req: Request) -> Result<Response
     insert(&mut headers, X_RELAY_SCOPES, &caller.scopes.join(" "));
     insert(&mut headers, X_REQUEST_ID, &request_id);
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("{}{path_and_query}", route.upstream)
+    let uri = match parts.uri.query() {
+        Some(query) => format!("{}{path}?{query}", route.upstream),
+        None => format!("{}{path}", route.upstream),
+    };
+    let uri: Uri = uri
         .parse()
         .map_err(|_| ApiError::bad_request("the request target cannot be forwarded", Vec::new()))?;
     let mut upstream_request = axum::http::Request::from_parts(parts, body);
@@ -307,11 +309,9 @@ impl RequestIds {
 }
 
 /// Appends the peer to `X-Forwarded-For`; what an untrusted peer claimed is dropped.
-fn forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>, state: &AppState) {
+fn forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>, peer_trusted: bool) {
     let Some(peer) = peer else { return };
-    let earlier = state
-        .trusted_proxies
-        .contains(&peer)
+    let earlier = peer_trusted
         .then(|| {
             headers
                 .get(&X_FORWARDED_FOR)
@@ -324,4 +324,50 @@ fn forwarded_for(headers: &mut HeaderMap, peer: Option<IpAddr>, state: &AppState
         None => peer.to_string(),
     };
     insert(headers, X_FORWARDED_FOR, &value);
+}
+
+/// Headers by which a proxy tells who the caller is and how it reached it.
+fn is_proxy_header(name: &str) -> bool {
+    name.starts_with("x-forwarded-")
+        || matches!(
+            name,
+            "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip"
+        )
+}
+
+/// Drops the client's credentials, `Host`, every `X-Relay-*` header, and the proxy headers
+/// (`Forwarded`, `X-Real-IP`, `X-Forwarded-*`) unless a trusted proxy sent them. Underscore
+/// spellings of any of these (`X_Relay_Client_Id`) go whoever sent them: CGI-style stacks
+/// (PHP, WSGI, Rack) fold `_` and `-` into one name, so upstream they would stand in for the
+/// real header.
+fn strip_spoofable(headers: &mut HeaderMap, peer_trusted: bool) {
+    for name in [
+        header::AUTHORIZATION,
+        X_API_KEY,
+        header::HOST,
+        PROXY_CONNECTION,
+    ] {
+        headers.remove(name);
+    }
+    let refused: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            if name.contains('_') {
+                let folded = name.replace('_', "-");
+                return folded.starts_with("x-relay-")
+                    || folded.starts_with("proxy-")
+                    || is_proxy_header(&folded)
+                    || matches!(
+                        folded.as_str(),
+                        "authorization" | "x-api-key" | "host" | "x-request-id"
+                    );
+            }
+            name.starts_with("x-relay-") || (!peer_trusted && is_proxy_header(name))
+        })
+        .cloned()
+        .collect();
+    for name in refused {
+        headers.remove(name);
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::error::{OAuthError, OAuthErrorBody};
-use super::extract::{ClientAddr, authorize};
+use super::extract::{ClientAddr, authorize, failed_authentication};
 use super::rate_limit_headers;
 use crate::app::AppState;
 use crate::domain::{self, scope};
@@ -243,19 +243,9 @@ pub async fn exchange_token(
             ));
         }
     }
-    if let Some(wait) = state.failed_auth.blocked_for(addr, now) {
-        return Err(OAuthError::too_many_requests(
-            wait,
-            "too many failed authentications",
-        ));
-    }
+    let blocked = state.failed_auth.blocked_for(addr, now);
     let auth = ClientAuth::from_request(&headers, &params)?;
-    let client = match state
-        .verifier
-        .check_key(auth.secret(), now)
-        .await
-        .map_err(domain::Error::from)?
-    {
+    let client = match state.verifier.check_key(auth.secret(), addr, now).await? {
         KeyCheck::Valid(client)
             if auth
                 .client_id()
@@ -264,8 +254,15 @@ pub async fn exchange_token(
             client
         }
         _ => {
-            state.failed_auth.record_failure(addr, now);
-            return Err(OAuthError::invalid_client(auth.challenge()));
+            return Err(match failed_authentication(&state, addr, blocked) {
+                domain::Error::RateLimited {
+                    retry_after_seconds,
+                } => OAuthError::too_many_requests(
+                    retry_after_seconds,
+                    "too many failed authentications",
+                ),
+                _ => OAuthError::invalid_client(auth.challenge()),
+            });
         }
     };
     state.verifier.record_use(&client, now);
@@ -332,21 +329,16 @@ pub struct IntrospectionResponse {
     security(("bearer" = [])))]
 pub async fn introspect(
     State(state): State<AppState>,
-    caller: IntrospectionCaller,
+    _: IntrospectionCaller,
+    ClientAddr(addr): ClientAddr,
     params: OAuthParams,
 ) -> Result<Response, OAuthError> {
-    let _ = caller;
     let token = params
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     let now = domain::now();
     let details = if token.starts_with(domain::api_key::PREFIX) {
-        match state
-            .verifier
-            .check_key(token, now)
-            .await
-            .map_err(domain::Error::from)?
-        {
+        match state.verifier.check_key(token, addr, now).await? {
             KeyCheck::Valid(client) => {
                 let mut details = json!({
                     "client_id": client.client_id.as_str(),

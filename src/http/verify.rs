@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Authorized, VerifyScope};
+use super::extract::{ApiJson, Authorized, ClientAddr, VerifyScope};
 use crate::app::AppState;
 use crate::domain;
 use crate::verifier::KeyCheck;
@@ -71,14 +71,11 @@ pub struct InvalidKey {
 pub async fn verify_key(
     State(state): State<AppState>,
     _: Authorized<VerifyScope>,
+    ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     let now = domain::now();
-    let check = state
-        .verifier
-        .check_key(&req.key, now)
-        .await
-        .map_err(domain::Error::from)?;
+    let check = state.verifier.check_key(&req.key, addr, now).await?;
     let invalid = |code: &'static str| {
         state.metrics.observe_verification(code);
         Json(VerifyResponse::Invalid(InvalidKey {

@@ -364,7 +364,10 @@ impl Store for PostgresStore {
     }
 
     async fn client_by_legacy_digest(&self, digest: &KeyHash) -> Result<Option<Client>, Error> {
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE legacy_key_digest = $1");
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE legacy_key_digest = $1 \
+             AND legacy_key_digest_of = api_key_hash"
+        );
         let row: Option<ClientRow> = sqlx::query_as(&sql)
             .bind(digest.to_hex())
             .fetch_optional(&self.pool)
@@ -375,7 +378,9 @@ impl Store for PostgresStore {
     async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT client_id, api_key_hash FROM api_clients \
-             WHERE key_id IS NULL AND legacy_key_digest IS NULL ORDER BY enabled IS TRUE DESC, id",
+             WHERE key_id IS NULL \
+             AND (legacy_key_digest_of IS NULL OR legacy_key_digest_of <> api_key_hash) \
+             ORDER BY enabled IS TRUE DESC, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -385,15 +390,32 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn upgrade_legacy_key(&self, id: &ClientId, digest: &KeyHash) -> Result<(), Error> {
+    async fn upgrade_legacy_key(
+        &self,
+        id: &ClientId,
+        digest: &KeyHash,
+        matched_hash: &str,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        // A digest left on another row whose hash has changed since no longer means anything.
         sqlx::query(
-            "UPDATE api_clients SET legacy_key_digest = $1 \
-             WHERE client_id = $2 AND key_id IS NULL AND legacy_key_digest IS NULL",
+            "UPDATE api_clients SET legacy_key_digest = NULL, legacy_key_digest_of = NULL \
+             WHERE legacy_key_digest = $1 AND client_id <> $2",
         )
         .bind(digest.to_hex())
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE api_clients SET legacy_key_digest = $1, legacy_key_digest_of = $3 \
+             WHERE client_id = $2 AND key_id IS NULL AND api_key_hash = $3",
+        )
+        .bind(digest.to_hex())
+        .bind(id.as_str())
+        .bind(matched_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

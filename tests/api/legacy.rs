@@ -43,10 +43,21 @@ async fn legacy_create(
     rate_limit: i32,
     expires_at: Option<&str>,
 ) -> LegacyClient {
+    legacy_create_with_cost(conn, name, scopes, rate_limit, expires_at, 12).await
+}
+
+async fn legacy_create_with_cost(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    scopes: &[&str],
+    rate_limit: i32,
+    expires_at: Option<&str>,
+    cost: u32,
+) -> LegacyClient {
     let client_id = format!("client_{}", random_hex(8));
     let key = format!("eg_{}", random_hex(20));
-    let hash = bcrypt::hash(&key, 12).unwrap();
-    assert!(hash.starts_with("$2b$12$"));
+    let hash = bcrypt::hash(&key, cost).unwrap();
+    assert!(hash.starts_with(&format!("$2b${cost:02}$")));
     sqlx::query(
         "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6::timestamptz)",
@@ -73,7 +84,9 @@ struct LegacyDb {
     rows: Vec<Value>,
 }
 
-async fn legacy_db() -> Option<LegacyDb> {
+/// A fresh database holding the original's table, or `None` (said on stderr) when the suite
+/// runs on SQLite.
+async fn legacy_schema() -> Option<(TestDb, sqlx::PgConnection)> {
     let db = TestDb::new().await;
     if !db.url.starts_with("postgres") {
         eprintln!(
@@ -85,6 +98,11 @@ async fn legacy_db() -> Option<LegacyDb> {
     for statement in LEGACY_DDL {
         sqlx::query(statement).execute(&mut conn).await.unwrap();
     }
+    Some((db, conn))
+}
+
+async fn legacy_db() -> Option<LegacyDb> {
+    let (db, mut conn) = legacy_schema().await?;
     let active = legacy_create(&mut conn, "Chat frontend", &["history", "chat"], 120, None).await;
     let admin = legacy_create(
         &mut conn,
@@ -375,4 +393,229 @@ async fn a_flood_of_unknown_legacy_keys_leaves_valid_keys_served() {
         .unwrap();
     assert_ne!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let _ = assert_problem;
+}
+
+/// The original's table with `rows` clients whose keys are hashed at bcrypt `cost` (low
+/// costs keep scans short where a test needs many of them); returns the database and keys.
+async fn legacy_db_of(rows: usize, cost: u32) -> Option<(TestDb, Vec<LegacyClient>)> {
+    let (db, mut conn) = legacy_schema().await?;
+    let mut clients = Vec::new();
+    for i in 0..rows {
+        let name = format!("client {i}");
+        clients.push(legacy_create_with_cost(&mut conn, &name, &["chat"], 1000, None, cost).await);
+    }
+    conn.close().await.unwrap();
+    Some((db, clients))
+}
+
+/// A client whose connections come from `ip` (any address of 127.0.0.0/8 reaches the server),
+/// so a test can act as several callers, each with its own failed-authentication budget.
+fn http_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until no legacy check is queued or running.
+async fn wait_for_legacy_checks(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(app, "relay_legacy_key_checks_queued").await > 0.0 {
+        assert!(Instant::now() < deadline, "legacy checks never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends, from the given addresses, one request each with an unknown legacy key, waits until
+/// `queued` checks are queued or running, then gives up on every request still unanswered.
+async fn abandon_legacy_requests(app: &TestApp, from: &[String], queued: f64) {
+    let requests: Vec<_> = from
+        .iter()
+        .map(|ip| {
+            let request = http_from(ip)
+                .get(format!("{}/admin/clients", app.base))
+                .bearer_auth(format!("eg_{}", random_hex(20)))
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(app, "relay_legacy_key_checks_queued").await < queued {
+        assert!(Instant::now() < deadline, "the checks were never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for request in requests {
+        request.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_legacy_checks_give_back_their_queue_places() {
+    let Some((db, clients)) = legacy_db_of(3, 8).await else {
+        return;
+    };
+    let app = TestApp::spawn_on(db, crate::support::test_config()).await;
+    // More checks than the queue holds, from callers on four addresses, abandoned while queued.
+    let from: Vec<String> = (0..96).map(|i| format!("127.0.1.{}", i % 4 + 1)).collect();
+    abandon_legacy_requests(&app, &from, 64.0).await;
+    wait_for_legacy_checks(&app).await;
+    // A legacy key nobody has presented yet is still checked, not turned away.
+    let r = app
+        .request(Method::GET, "/admin/clients")
+        .bearer_auth(&clients[0].key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "{:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_check_still_remembers_that_its_key_matched_nothing() {
+    let Some((db, _)) = legacy_db_of(3, 10).await else {
+        return;
+    };
+    let app = TestApp::spawn_on(db, crate::support::test_config()).await;
+    let key = format!("eg_{}", random_hex(20));
+    let request = tokio::spawn(
+        app.request(Method::GET, "/admin/clients")
+            .bearer_auth(&key)
+            .send(),
+    );
+    while metric(&app, "relay_legacy_key_checks_queued").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    request.abort();
+    wait_for_legacy_checks(&app).await;
+    let checks = metric(&app, "relay_legacy_bcrypt_checks_total").await;
+    assert_eq!(checks, 3.0, "the abandoned check did not run to its end");
+    // The same key again within ten minutes costs no bcrypt.
+    let r = app
+        .request(Method::GET, "/admin/clients")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(metric(&app, "relay_legacy_bcrypt_checks_total").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_waiting_is_still_charged_a_failed_authentication() {
+    let Some((db, _)) = legacy_db_of(3, 10).await else {
+        return;
+    };
+    let app = TestApp::spawn_on(db, crate::support::test_config()).await;
+    abandon_legacy_requests(&app, &vec!["127.0.2.1".to_string(); 30], 30.0).await;
+    // The address has spent its budget: a further failure is a 429, and it gets no more
+    // bcrypt work, while a valid credential is still served.
+    let caller = http_from("127.0.2.1");
+    let r = caller
+        .get(format!("{}/admin/clients", app.base))
+        .bearer_auth("eg_guess")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS).await;
+    let queued = metric(&app, "relay_legacy_key_checks_queued").await;
+    let r = caller
+        .get(format!("{}/admin/clients", app.base))
+        .bearer_auth(format!("eg_{}", random_hex(20)))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(metric(&app, "relay_legacy_key_checks_queued").await <= queued);
+    let r = caller
+        .get(format!("{}/admin/clients", app.base))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_key_turned_away_for_want_of_bcrypt_is_a_503_with_retry_after() {
+    let Some((db, _)) = legacy_db_of(3, 10).await else {
+        return;
+    };
+    let app = TestApp::spawn_on(db, crate::support::test_config()).await;
+    // Three callers, thirty checks each: more than the queue holds, within each caller's
+    // failed-authentication budget.
+    let requests = (0..90).map(|i| {
+        let http = http_from(&format!("127.0.3.{}", i % 3 + 1));
+        let url = format!("{}/v1/keys/verify", app.base);
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(crate::support::ADMIN_TOKEN)
+                .json(&json!({"key": format!("eg_{}", random_hex(20))}))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?;
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            Some((r.status(), retry_after, r.json::<Value>().await.ok()?))
+        }
+    });
+    let mut busy = 0;
+    // A request still queued when the test stopped waiting has no answer.
+    for (status, retry_after, body) in futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry: u64 = retry_after.unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry));
+            assert_eq!(body["status"], 503);
+            busy += 1;
+        } else {
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body["code"], "NOT_FOUND");
+        }
+    }
+    assert!(busy >= 90 - 64, "only {busy} of 90 were turned away");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_stops_working_when_the_hash_it_was_checked_against_changes() {
+    let Some((db, clients)) = legacy_db_of(2, 4).await else {
+        return;
+    };
+    let url = db.url.clone();
+    let mut app = TestApp::spawn_on(db, crate::support::test_config()).await;
+    let old_key = clients[0].key.clone();
+    assert_eq!(app.verify(&old_key).await["valid"], true);
+    // The original service (or an operator) re-keys the client behind the relay's back.
+    let new_key = format!("eg_{}", random_hex(20));
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE api_clients SET api_key_hash = $1 WHERE client_id = $2")
+        .bind(bcrypt::hash(&new_key, 4).unwrap())
+        .bind(&clients[0].client_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    // A node that has not cached the old answer (a restart, or the cache TTL later).
+    app.stop().await;
+    let app = TestApp::spawn_on(TestDb::shared(&url), crate::support::test_config()).await;
+    assert_eq!(app.verify(&old_key).await["code"], "NOT_FOUND");
+    let verified = app.verify(&new_key).await;
+    assert_eq!(verified["valid"], true);
+    assert_eq!(verified["client_id"], clients[0].client_id.as_str());
+    assert_eq!(app.verify(&old_key).await["code"], "NOT_FOUND");
+    drop(app);
 }

@@ -6,11 +6,13 @@
 mod admin;
 mod binary;
 mod concurrency;
+mod connections;
 mod errors;
 mod legacy;
 mod nodes;
 mod ops;
 mod relay;
+mod relay_hygiene;
 mod storage;
 mod support;
 mod token;

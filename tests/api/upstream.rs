@@ -1,7 +1,8 @@
 //! A real upstream for the relay tests: echo, server-sent events, a slow endpoint, an upload
-//! counter and bare statuses, on its own port.
+//! counter and bare statuses, on its own port. Like most web servers it decodes and resolves
+//! the paths it is sent, and it records the resolved path of every request it echoes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,6 +22,8 @@ pub struct Signals {
     pub send_last_event: Notify,
     /// The upload endpoint tells the test its first chunk arrived.
     pub first_chunk_arrived: Notify,
+    /// The resolved path of every request echoed, in order.
+    pub resolved_paths: Mutex<Vec<String>>,
 }
 
 pub struct Upstream {
@@ -32,6 +35,7 @@ pub async fn start() -> Upstream {
     let signals = Arc::new(Signals::default());
     let sse_signals = signals.clone();
     let upload_signals = signals.clone();
+    let signals_for_echo = signals.clone();
     let app = Router::new()
         .route("/v1/chat/sse", get(move || sse(sse_signals.clone())))
         .route(
@@ -51,17 +55,40 @@ pub async fn start() -> Upstream {
                 StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)
             }),
         )
-        .fallback(echo);
+        .fallback(move |req: Request| echo(signals_for_echo.clone(), req));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Upstream { base, signals }
 }
 
+/// The path as a server that decodes percent-escapes, treats `\` as `/` and resolves dot and
+/// empty segments (nginx, static file servers, most frameworks) would serve it.
+pub fn resolve(path: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        match segment.split(';').next().unwrap_or("") {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
 /// Answers 201 with what it received, and a header of its own.
-async fn echo(req: Request) -> Response {
+async fn echo(signals: Arc<Signals>, req: Request) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let resolved = resolve(&path);
+    signals
+        .resolved_paths
+        .lock()
+        .unwrap()
+        .push(resolved.clone());
     let query = req.uri().query().unwrap_or("").to_string();
     let headers = header_map(req.headers());
     let body = axum::body::to_bytes(req.into_body(), usize::MAX)
@@ -70,6 +97,7 @@ async fn echo(req: Request) -> Response {
     let reply = json!({
         "method": method,
         "path": path,
+        "resolved_path": resolved,
         "query": query,
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
