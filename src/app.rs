@@ -14,6 +14,7 @@ use crate::cache::KeyCache;
 use crate::change_feed::ChangeFeed;
 use crate::config::ServeConfig;
 use crate::domain::address::TrustedProxies;
+use crate::domain::signing_key::SeedSeal;
 use crate::keyring::KeyRing;
 use crate::legacy::LegacyKeys;
 use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter, RedisRateLimiter};
@@ -83,6 +84,10 @@ pub async fn serve(
         cache.clone(),
         limiter.clone(),
         config.tokens.clone(),
+        config
+            .signing_key_secret
+            .as_ref()
+            .map(|secret| SeedSeal::from_secret(secret.expose_secret())),
     ));
     tokens.load_keys(crate::domain::now()).await?;
     let state = AppState(Arc::new(Shared {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::admin::{ClientAdmin, ListRequest};
@@ -14,6 +15,7 @@ use crate::cache::KeyCache;
 use crate::config::{DatabaseArgs, LogFormat, ServeArgs};
 use crate::domain::audit::Actor;
 use crate::domain::client::{Client, ClientChanges, ClientDraft, ClientId};
+use crate::domain::signing_key::SeedSeal;
 use crate::domain::{self, api_key::PlainKey};
 use crate::http::{ClientListResponse, ClientResponse, ClientWithKeyResponse};
 use crate::storage::{self, Store};
@@ -57,6 +59,15 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+        /// The secret the servers seal signing keys with (see `serve --help`). Set it in the
+        /// environment, not as a flag.
+        #[arg(
+            long,
+            env = "RELAY_SIGNING_KEY_SECRET",
+            hide_env_values = true,
+            global = true
+        )]
+        signing_key_secret: Option<crate::config::SecretArg>,
         #[command(subcommand)]
         command: SigningKeysCommand,
     },
@@ -150,9 +161,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&cli.database).await?;
             clients(store, command, json).await
         }
-        Command::SigningKeys { json, command } => {
+        Command::SigningKeys {
+            json,
+            signing_key_secret,
+            command,
+        } => {
+            let seal = crate::config::parse_signing_key_secret(signing_key_secret)
+                .map_err(anyhow::Error::msg)?
+                .map(|secret| SeedSeal::from_secret(secret.expose_secret()));
             let store = open_store(&cli.database).await?;
-            signing_keys(store.as_ref(), command, json).await
+            signing_keys(store.as_ref(), seal.as_ref(), command, json).await
         }
     }
 }
@@ -347,12 +365,19 @@ async fn clients(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
 
 async fn signing_keys(
     store: &dyn Store,
+    seal: Option<&SeedSeal>,
     command: SigningKeysCommand,
     json: bool,
 ) -> anyhow::Result<()> {
     match command {
         SigningKeysCommand::Rotate => {
-            let key = crate::token::rotate_signing_key(store, &Actor::Cli, domain::now())
+            let sealed = store.signing_keys().await?.iter().any(|k| k.is_sealed());
+            if sealed && seal.is_none() {
+                bail!(
+                    "the signing keys are sealed: set RELAY_SIGNING_KEY_SECRET to the servers' secret"
+                );
+            }
+            let key = crate::token::rotate_signing_key(store, seal, &Actor::Cli, domain::now())
                 .await
                 .map_err(explain)?;
             if json {
@@ -375,6 +400,7 @@ async fn signing_keys(
                         "created_at": k.created_at,
                         "retired_at": k.retired_at,
                         "current": k.retired_at.is_none(),
+                        "sealed": k.is_sealed(),
                     })
                 })
                 .collect();
@@ -382,8 +408,8 @@ async fn signing_keys(
                 return print_json(&serde_json::json!({ "keys": rows }));
             }
             println!(
-                "{:<44}  {:<8}  {:<32}  RETIRED_AT",
-                "KID", "STATUS", "CREATED_AT"
+                "{:<44}  {:<8}  {:<6}  {:<32}  RETIRED_AT",
+                "KID", "STATUS", "SEALED", "CREATED_AT"
             );
             for k in &keys {
                 let status = if k.retired_at.is_none() {
@@ -392,10 +418,12 @@ async fn signing_keys(
                     "retired"
                 };
                 let retired = k.retired_at.map_or("-".to_string(), |t| t.to_rfc3339());
+                let sealed = if k.is_sealed() { "yes" } else { "no" };
                 println!(
-                    "{:<44}  {:<8}  {:<32}  {}",
+                    "{:<44}  {:<8}  {:<6}  {:<32}  {}",
                     k.kid,
                     status,
+                    sealed,
                     k.created_at.to_rfc3339(),
                     retired
                 );

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::domain::access_token::{MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenSettings};
 use crate::domain::address::{self, TrustedProxies};
 use crate::domain::route::{Route, RouteTable};
+use crate::domain::signing_key::MIN_SECRET_CHARS;
 use crate::server::ConnectionLimits;
 
 /// Where the data lives; shared by every command.
@@ -73,8 +74,14 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Admin bearer token (at least 32 characters). Unset or empty: admin clients only, and
     /// on a database without one, `serve` creates client `admin` and prints its key once.
+    /// Set it in the environment: a flag's value is visible to every user in the process list.
     #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretArg>,
+    /// Secret (at least 32 characters) that seals the token-signing keys in the database; every
+    /// node and the CLI need the same one. Unset: the keys are stored in plain text, and
+    /// reading the database is enough to sign tokens. Set it in the environment, not as a flag.
+    #[arg(long, env = "RELAY_SIGNING_KEY_SECRET", hide_env_values = true)]
+    pub signing_key_secret: Option<SecretArg>,
     /// Seconds a verified key stays in the verification cache.
     #[arg(long, env = "RELAY_CACHE_TTL", default_value_t = 30)]
     pub cache_ttl: u64,
@@ -112,7 +119,7 @@ pub struct ServeArgs {
     /// Redis for rate limits shared by every node, e.g. redis://127.0.0.1:6379. Unset: limits
     /// are kept in this process.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretArg>,
     /// Prefix of the Redis keys this service writes.
     #[arg(long, env = "RELAY_REDIS_PREFIX", default_value = "relay:")]
     pub redis_prefix: String,
@@ -164,6 +171,7 @@ pub struct RedisConfig {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<SecretString>,
+    pub signing_key_secret: Option<SecretString>,
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
     pub trusted_proxies: TrustedProxies,
@@ -180,7 +188,7 @@ pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 impl ServeArgs {
     /// Validates the settings; the error is a sentence saying what to set.
     pub fn into_config(self) -> Result<ServeConfig, String> {
-        let admin_token = match self.admin_token.filter(|t| !t.is_empty()) {
+        let admin_token = match self.admin_token.map(|t| t.0).filter(|t| !t.is_empty()) {
             Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => {
                 return Err(format!(
                     "RELAY_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; \
@@ -189,6 +197,7 @@ impl ServeArgs {
             }
             other => other.map(SecretString::from),
         };
+        let signing_key_secret = parse_signing_key_secret(self.signing_key_secret)?;
         if self.cache_capacity == 0 {
             return Err("RELAY_CACHE_CAPACITY must be at least 1".into());
         }
@@ -219,6 +228,7 @@ impl ServeArgs {
         }
         let redis = self
             .redis_url
+            .map(|u| u.0)
             .filter(|u| !u.is_empty())
             .map(|url| RedisConfig {
                 url: SecretString::from(url),
@@ -251,6 +261,7 @@ impl ServeArgs {
             redis,
             listen: self.listen,
             admin_token,
+            signing_key_secret,
             cache_ttl: Duration::from_secs(self.cache_ttl),
             cache_capacity: self.cache_capacity,
             trusted_proxies: TrustedProxies::new(trusted_proxies),
@@ -263,12 +274,47 @@ impl ServeArgs {
     }
 }
 
+/// `RELAY_SIGNING_KEY_SECRET`: empty counts as unset, short is refused.
+pub fn parse_signing_key_secret(secret: Option<SecretArg>) -> Result<Option<SecretString>, String> {
+    match secret.map(|s| s.0).filter(|s| !s.is_empty()) {
+        Some(s) if s.chars().count() < MIN_SECRET_CHARS => Err(format!(
+            "RELAY_SIGNING_KEY_SECRET is shorter than {MIN_SECRET_CHARS} characters; set a \
+             longer one (for example 48 random characters) or unset it"
+        )),
+        other => Ok(other.map(SecretString::from)),
+    }
+}
+
+/// A secret given on the command line or in the environment: `Debug` shows a placeholder (a
+/// URL's password alone, for a URL).
+#[derive(Clone)]
+pub struct SecretArg(String);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretArg(s.to_string()))
+    }
+}
+
+impl fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.contains("://") {
+            f.write_str(&redact_password(&self.0))
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
 impl ServeConfig {
     /// Settings for tests and embedding: defaults, with the given admin token.
     pub fn with_admin_token(token: &str) -> Self {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(SecretString::from(token.to_string())),
+            signing_key_secret: None,
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             trusted_proxies: TrustedProxies::default(),
@@ -402,6 +448,35 @@ mod tests {
         let args = ["x", "--trusted-proxies", "10.0.0.1/8"];
         let error = Cli::parse_from(args).serve.into_config().unwrap_err();
         assert!(error.contains("RELAY_TRUSTED_PROXIES"), "{error}");
+    }
+
+    #[test]
+    fn debug_output_hides_every_secret() {
+        let args = Cli::parse_from([
+            "x",
+            "--admin-token",
+            "admin-token-0123456789abcdef-0123456789",
+            "--signing-key-secret",
+            "seal-secret-0123456789abcdef-0123456789",
+            "--redis-url",
+            "redis://user:redis-password@127.0.0.1:6379",
+        ])
+        .serve;
+        let shown = format!("{args:?}");
+        for secret in ["admin-token-0123", "seal-secret-0123", "redis-password"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let config = format!("{:?}", args.into_config().unwrap());
+        for secret in ["admin-token-0123", "seal-secret-0123", "redis-password"] {
+            assert!(!config.contains(secret), "{config}");
+        }
+    }
+
+    #[test]
+    fn a_short_signing_key_secret_is_refused() {
+        let args = Cli::parse_from(["x", "--signing-key-secret", "short"]).serve;
+        let error = args.into_config().unwrap_err();
+        assert!(error.contains("RELAY_SIGNING_KEY_SECRET"), "{error}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! every node) and reloaded when it changes there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
@@ -20,6 +21,9 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 
 pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
+    /// How many loads have dropped a key that was loaded before: what a token verified
+    /// earlier was checked against may be gone.
+    removals: AtomicU64,
     /// How long after its retirement a key still verifies: the longest token lifetime.
     token_lifetime: Duration,
 }
@@ -54,6 +58,7 @@ impl KeyRing {
     pub fn new(token_lifetime: Duration) -> Self {
         KeyRing {
             current: RwLock::new(Arc::new(KeySet::default())),
+            removals: AtomicU64::new(0),
             token_lifetime,
         }
     }
@@ -76,9 +81,14 @@ impl KeyRing {
             .iter()
             .map(|k| (k.kid.clone(), k.retired_at.is_some()))
             .collect();
-        if fingerprint == self.snapshot().fingerprint {
+        let before = self.snapshot();
+        if fingerprint == before.fingerprint {
             return false;
         }
+        let removed = before
+            .fingerprint
+            .iter()
+            .any(|(kid, _)| !fingerprint.iter().any(|(k, _)| k == kid));
         let signer = live.iter().find(|k| k.retired_at.is_none()).map(|k| {
             let header = json!({"alg": "EdDSA", "typ": TOKEN_TYPE, "kid": k.kid});
             Signer {
@@ -112,7 +122,15 @@ impl KeyRing {
             fingerprint,
         };
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        if removed {
+            self.removals.fetch_add(1, Ordering::AcqRel);
+        }
         true
+    }
+
+    /// Moves on each time a key leaves the ring (see `removals`).
+    pub fn removals(&self) -> u64 {
+        self.removals.load(Ordering::Acquire)
     }
 
     /// Signs `claims` with the current key as an RFC 9068 access token.
@@ -222,8 +240,10 @@ mod tests {
         ring.load(&keys, t0 + Duration::seconds(899));
         assert!(ring.verify(&token).is_ok());
         assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(ring.removals(), 0);
         ring.load(&keys, t0 + Duration::seconds(900));
         assert_eq!(ring.verify(&token), Err(Rejection::UnknownKey));
+        assert_eq!(ring.removals(), 1);
         assert!(!ring.jwks().to_string().contains(&old_kid));
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId, PreviousKey, StoredKey};
-use crate::domain::signing_key::SigningKey;
+use crate::domain::signing_key::StoredSigningKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,15 +128,17 @@ pub trait Store: Send + Sync {
     ) -> Result<(), Error>;
 
     /// Every stored token-signing key, newest first.
-    async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error>;
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, Error>;
     /// Stores `key` as the current signing key unless there is one already (checked and written
     /// under a lock, so nodes starting together create one key); returns whether it did.
-    async fn insert_first_signing_key(&self, key: &SigningKey) -> Result<bool, Error>;
+    async fn insert_first_signing_key(&self, key: &StoredSigningKey) -> Result<bool, Error>;
+    /// Replaces the stored seed of key `key.kid` (to seal one stored in plain text).
+    async fn reseal_signing_key(&self, key: &StoredSigningKey) -> Result<(), Error>;
     /// In one transaction: retires the current key, stores `key` as current, forgets keys
     /// retired before `forget_retired_before`, and writes `audit`.
     async fn rotate_signing_key(
         &self,
-        key: &SigningKey,
+        key: &StoredSigningKey,
         forget_retired_before: DateTime<Utc>,
         audit: &NewAuditEvent,
     ) -> Result<(), Error>;

@@ -3,11 +3,11 @@
 //! behind it). The one token verifier every endpoint uses.
 //!
 //! A token seen before skips its signature check: verified claims are remembered by the
-//! token's SHA-256 until it expires. The client is looked up through the verification cache,
-//! so the common case needs no database round trip.
+//! token's SHA-256, for as long as no signing key has left the key ring since (a key deleted
+//! from the database ends its tokens at once). The client is looked up through the
+//! verification cache, so the common case needs no database round trip.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
@@ -16,17 +16,26 @@ use crate::cache::{CacheKey, KeyCache};
 use crate::domain::access_token::{self, Claims, Rejection, TokenSettings};
 use crate::domain::client::{Client, ClientId};
 use crate::domain::rate_limit::Decision;
-use crate::domain::signing_key::SigningKey;
+use crate::domain::signing_key::{OpenError, SeedSeal, SigningKey};
 use crate::keyring::{KeyRing, SignError};
 use crate::limiter::RateLimiter;
 use crate::storage::{self, Store};
 
 /// A token just issued.
-#[derive(Debug)]
 pub struct IssuedToken {
     pub access_token: String,
     pub expires_in: i64,
     pub scope: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 /// Why an exchange did not produce a token.
@@ -50,14 +59,38 @@ pub struct AcceptedToken {
     pub scopes: Vec<String>,
 }
 
+/// Why the signing keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyLoadError {
+    #[error("could not read or write the signing keys")]
+    Storage(#[from] crate::domain::Error),
+    #[error("signing key {kid} cannot be used: {reason}")]
+    Open { kid: String, reason: OpenError },
+}
+
+impl From<storage::Error> for KeyLoadError {
+    fn from(e: storage::Error) -> Self {
+        KeyLoadError::Storage(e.into())
+    }
+}
+
+impl From<getrandom::Error> for KeyLoadError {
+    fn from(e: getrandom::Error) -> Self {
+        KeyLoadError::Storage(e.into())
+    }
+}
+
 pub struct TokenService {
     keyring: Arc<KeyRing>,
     store: Arc<dyn Store>,
     cache: KeyCache,
     limiter: Arc<dyn RateLimiter>,
     settings: TokenSettings,
-    /// SHA-256 of a token whose signature checked out → its claims.
-    verified: quick_cache::sync::Cache<[u8; 32], Arc<Claims>>,
+    /// Seals signing seeds in the store (`RELAY_SIGNING_KEY_SECRET`).
+    seal: Option<SeedSeal>,
+    /// SHA-256 of a token whose signature checked out → its claims, and the key ring's
+    /// removal count when it was checked.
+    verified: quick_cache::sync::Cache<[u8; 32], (Arc<Claims>, u64)>,
 }
 
 const VERIFIED_CAPACITY: usize = 100_000;
@@ -69,6 +102,7 @@ impl TokenService {
         cache: KeyCache,
         limiter: Arc<dyn RateLimiter>,
         settings: TokenSettings,
+        seal: Option<SeedSeal>,
     ) -> Self {
         let verified = quick_cache::sync::Cache::new(VERIFIED_CAPACITY);
         TokenService {
@@ -77,6 +111,7 @@ impl TokenService {
             cache,
             limiter,
             settings,
+            seal,
             verified,
         }
     }
@@ -143,11 +178,16 @@ impl TokenService {
 
     fn verified_claims(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.verified.get(&digest) {
-            return Ok(claims);
+        // Read before the check: a key removed while it runs makes the entry stale.
+        let removals = self.keyring.removals();
+        if let Some((claims, checked_at)) = self.verified.get(&digest) {
+            if checked_at == removals {
+                return Ok(claims);
+            }
+            self.verified.remove(&digest);
         }
         let claims = Arc::new(self.keyring.verify(token)?);
-        self.verified.insert(digest, claims.clone());
+        self.verified.insert(digest, (claims.clone(), removals));
         Ok(claims)
     }
 
@@ -166,12 +206,31 @@ impl TokenService {
     }
 
     /// Loads the signing keys from the store, creating the first one on a fresh database.
-    pub async fn load_keys(&self, now: DateTime<Utc>) -> Result<(), crate::domain::Error> {
-        let mut keys = self.store.signing_keys().await?;
-        if !keys.iter().any(|k| k.retired_at.is_none()) {
+    /// With a seal, keys stored in plain text (from before the secret was set) are sealed.
+    pub async fn load_keys(&self, now: DateTime<Utc>) -> Result<(), KeyLoadError> {
+        let mut stored = self.store.signing_keys().await?;
+        if !stored.iter().any(|k| k.retired_at.is_none()) {
             let first = SigningKey::generate(now)?;
-            self.store.insert_first_signing_key(&first).await?;
-            keys = self.store.signing_keys().await?;
+            self.store
+                .insert_first_signing_key(&first.seal(self.seal.as_ref())?)
+                .await?;
+            stored = self.store.signing_keys().await?;
+        }
+        let mut keys = Vec::with_capacity(stored.len());
+        for k in &stored {
+            let key = k
+                .open(self.seal.as_ref())
+                .map_err(|reason| KeyLoadError::Open {
+                    kid: k.kid.clone(),
+                    reason,
+                })?;
+            if let (Some(seal), false) = (&self.seal, k.is_sealed()) {
+                self.store
+                    .reseal_signing_key(&key.seal(Some(seal))?)
+                    .await?;
+                tracing::info!(kid = %k.kid, "signing key sealed with RELAY_SIGNING_KEY_SECRET");
+            }
+            keys.push(key);
         }
         if self.keyring.load(&keys, now) {
             tracing::info!(kid = ?self.keyring.current_kid(), "signing keys loaded");
@@ -186,16 +245,18 @@ pub fn forget_retired_keys_before(now: DateTime<Utc>) -> DateTime<Utc> {
     now - Duration::seconds(i64::from(access_token::MAX_TTL_SECONDS)) - Duration::days(1)
 }
 
-/// Rotates the signing key: a new current key; the previous one keeps verifying.
+/// Rotates the signing key: a new current key, sealed with `seal` when there is one; the
+/// previous one keeps verifying.
 pub async fn rotate_signing_key(
     store: &dyn Store,
+    seal: Option<&SeedSeal>,
     actor: &crate::domain::audit::Actor,
     now: DateTime<Utc>,
 ) -> Result<SigningKey, crate::domain::Error> {
     let key = SigningKey::generate(now)?;
     let audit = crate::domain::audit::NewAuditEvent::signing_key_rotated(now, actor, &key.kid);
     store
-        .rotate_signing_key(&key, forget_retired_keys_before(now), &audit)
+        .rotate_signing_key(&key.seal(seal)?, forget_retired_keys_before(now), &audit)
         .await?;
     Ok(key)
 }
@@ -204,7 +265,3 @@ pub async fn rotate_signing_key(
 fn new_jti() -> Result<String, getrandom::Error> {
     crate::domain::random_hex(16)
 }
-
-/// How often each process re-reads the signing keys, so a rotation anywhere is in force
-/// everywhere within a second.
-pub const KEY_RELOAD: StdDuration = StdDuration::from_millis(500);

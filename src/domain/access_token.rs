@@ -58,6 +58,8 @@ pub enum Rejection {
     Expired,
     #[error("not valid yet")]
     NotYetValid,
+    #[error("lives longer than tokens issued here may")]
+    LifetimeTooLong,
     #[error("the client is gone, disabled or expired, or its key was replaced")]
     ClientRevoked,
 }
@@ -112,7 +114,8 @@ pub fn claims_for(
     }
 }
 
-/// Checks issuer, audience and times (with `LEEWAY_SECONDS`).
+/// Checks issuer, audience and times (with `LEEWAY_SECONDS`). A token meant to live longer
+/// than the configured lifetime was not issued here, whatever its signature says.
 pub fn check_claims(
     claims: &Claims,
     settings: &TokenSettings,
@@ -131,6 +134,9 @@ pub fn check_claims(
     let not_before = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
     if not_before > now + LEEWAY_SECONDS {
         return Err(Rejection::NotYetValid);
+    }
+    if claims.exp.saturating_sub(claims.iat) > i64::from(settings.ttl_seconds) + LEEWAY_SECONDS {
+        return Err(Rejection::LifetimeTooLong);
     }
     Ok(())
 }
@@ -235,6 +241,25 @@ mod tests {
         assert_eq!(
             check_claims(&future, &settings(), now()),
             Err(Rejection::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn a_lifetime_beyond_the_ttl_is_refused() {
+        let c = client(&["chat"]);
+        let claims = claims_for(&c, &[], &settings(), now(), "j".into());
+        let longer = |extra: i64| Claims {
+            exp: claims.exp + extra,
+            ..claims.clone()
+        };
+        assert_eq!(check_claims(&longer(1), &settings(), now()), Ok(()));
+        assert_eq!(
+            check_claims(&longer(2), &settings(), now()),
+            Err(Rejection::LifetimeTooLong)
+        );
+        assert_eq!(
+            check_claims(&longer(i64::MAX - claims.exp), &settings(), now()),
+            Err(Rejection::LifetimeTooLong)
         );
     }
 

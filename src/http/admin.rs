@@ -76,10 +76,19 @@ impl From<Client> for ClientResponse {
 }
 
 /// A client with its API key, shown this once.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ClientWithKeyResponse {
     pub client: ClientResponse,
     pub api_key: String,
+}
+
+impl std::fmt::Debug for ClientWithKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientWithKeyResponse")
+            .field("client", &self.client)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -14,7 +14,7 @@ use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, Ke
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
-use crate::domain::signing_key::SigningKey;
+use crate::domain::signing_key::StoredSigningKey;
 
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, COALESCE(name, '') AS name, \
     COALESCE(scopes, '{}') AS scopes, COALESCE(rate_limit, 100) AS rate_limit, \
@@ -419,19 +419,31 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error> {
-        let rows: Vec<(Vec<u8>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT private_key, created_at, retired_at FROM signing_keys ORDER BY created_at DESC",
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, Error> {
+        let rows: Vec<(String, Vec<u8>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT kid, private_key, created_at, retired_at FROM signing_keys \
+             ORDER BY created_at DESC",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(seed, created, retired)| SigningKey::from_stored(&seed, created, retired))
+            .map(|(kid, seed, created, retired)| {
+                StoredSigningKey::from_row(kid, seed, created, retired)
+            })
             .collect())
     }
 
-    async fn insert_first_signing_key(&self, key: &SigningKey) -> Result<bool, Error> {
+    async fn reseal_signing_key(&self, key: &StoredSigningKey) -> Result<(), Error> {
+        sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
+            .bind(key.stored_seed())
+            .bind(&key.kid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_first_signing_key(&self, key: &StoredSigningKey) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         // Nodes starting together on a fresh database: one of them creates the key.
         sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
@@ -451,7 +463,7 @@ impl Store for PostgresStore {
 
     async fn rotate_signing_key(
         &self,
-        key: &SigningKey,
+        key: &StoredSigningKey,
         forget_retired_before: DateTime<Utc>,
         audit: &NewAuditEvent,
     ) -> Result<(), Error> {
@@ -476,11 +488,11 @@ impl Store for PostgresStore {
 
 async fn insert_signing_key(
     tx: &mut Transaction<'static, Postgres>,
-    key: &SigningKey,
+    key: &StoredSigningKey,
 ) -> Result<(), Error> {
     sqlx::query("INSERT INTO signing_keys (kid, private_key, created_at) VALUES ($1, $2, $3)")
         .bind(&key.kid)
-        .bind(key.seed().as_slice())
+        .bind(key.stored_seed())
         .bind(key.created_at)
         .execute(&mut **tx)
         .await?;

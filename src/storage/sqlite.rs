@@ -13,7 +13,7 @@ use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, Ke
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
-use crate::domain::signing_key::SigningKey;
+use crate::domain::signing_key::StoredSigningKey;
 
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, name, scopes, rate_limit, enabled, \
     expires_at, created_at, updated_at, last_used_at, metadata, key_id, prev_key_id, \
@@ -428,21 +428,31 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn signing_keys(&self) -> Result<Vec<SigningKey>, Error> {
-        let rows: Vec<(Vec<u8>, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT private_key, created_at, retired_at FROM signing_keys ORDER BY created_at DESC",
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, Error> {
+        let rows: Vec<(String, Vec<u8>, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT kid, private_key, created_at, retired_at FROM signing_keys \
+             ORDER BY created_at DESC",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(seed, created, retired)| {
-                SigningKey::from_stored(&seed, time(created), retired.map(time))
+            .map(|(kid, seed, created, retired)| {
+                StoredSigningKey::from_row(kid, seed, time(created), retired.map(time))
             })
             .collect())
     }
 
-    async fn insert_first_signing_key(&self, key: &SigningKey) -> Result<bool, Error> {
+    async fn reseal_signing_key(&self, key: &StoredSigningKey) -> Result<(), Error> {
+        sqlx::query("UPDATE signing_keys SET private_key = ? WHERE kid = ?")
+            .bind(key.stored_seed())
+            .bind(&key.kid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_first_signing_key(&self, key: &StoredSigningKey) -> Result<bool, Error> {
         let mut tx = self.write_tx().await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
@@ -458,7 +468,7 @@ impl Store for SqliteStore {
 
     async fn rotate_signing_key(
         &self,
-        key: &SigningKey,
+        key: &StoredSigningKey,
         forget_retired_before: DateTime<Utc>,
         audit: &NewAuditEvent,
     ) -> Result<(), Error> {
@@ -480,11 +490,11 @@ impl Store for SqliteStore {
 
 async fn insert_signing_key(
     tx: &mut Transaction<'static, sqlx::Sqlite>,
-    key: &SigningKey,
+    key: &StoredSigningKey,
 ) -> Result<(), Error> {
     sqlx::query("INSERT INTO signing_keys (kid, private_key, created_at) VALUES (?, ?, ?)")
         .bind(&key.kid)
-        .bind(key.seed().as_slice())
+        .bind(key.stored_seed())
         .bind(micros(key.created_at))
         .execute(&mut **tx)
         .await?;

@@ -3,6 +3,7 @@
 //! suite both ways).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod addresses;
 mod admin;
 mod binary;
 mod concurrency;

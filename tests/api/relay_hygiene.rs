@@ -112,7 +112,7 @@ async fn paths_that_resolve_elsewhere_upstream_never_leave_the_relay() {
 
 #[tokio::test]
 async fn the_canonical_path_is_what_is_forwarded() {
-    let (app, upstream) = spawn(None).await;
+    let (app, _upstream) = spawn(None).await;
     let (_, key) = app
         .create_client(json!({"name": "chat", "scopes": ["chat", "ops"]}))
         .await;

@@ -75,6 +75,21 @@ impl TestDb {
     pub async fn open(&self) -> Arc<dyn Store> {
         storage::open(&self.url, 5).await.unwrap()
     }
+
+    /// Runs one SQL statement on the database directly, as something other than the relay
+    /// (an operator, the original service) would.
+    pub async fn execute(&self, statement: &str) {
+        use sqlx::Connection;
+        if self.url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+    }
 }
 
 impl Drop for TestDb {
@@ -134,11 +149,25 @@ impl TestApp {
         TestApp::spawn_on(db, config).await
     }
 
-    pub async fn spawn_on(db: TestDb, mut config: ServeConfig) -> TestApp {
-        let store = db.open().await;
+    pub async fn spawn_on(db: TestDb, config: ServeConfig) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        config.tokens.issuer = base.clone();
+        TestApp::spawn_listening(db, config, listener).await
+    }
+
+    /// Serves on `listener`; requests go to its port on 127.0.0.1.
+    pub async fn spawn_listening(
+        db: TestDb,
+        mut config: ServeConfig,
+        listener: tokio::net::TcpListener,
+    ) -> TestApp {
+        let store = db.open().await;
+        let port = listener.local_addr().unwrap().port();
+        let base = format!("http://127.0.0.1:{port}");
+        // The default issuer names this server; a test that shares tokens between servers
+        // sets one of its own.
+        if config.tokens.issuer == test_config().tokens.issuer {
+            config.tokens.issuer = base.clone();
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let server_store = store.clone();
         let server = tokio::spawn(async move {

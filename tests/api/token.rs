@@ -511,6 +511,7 @@ async fn narrowed_scopes_shrink_with_the_client() {
 async fn forge(app: &TestApp, header: jsonwebtoken::Header, claims: &Value) -> String {
     let keys = app.store.signing_keys().await.unwrap();
     let current = keys.iter().find(|k| k.retired_at.is_none()).unwrap();
+    let current = current.open(None).unwrap();
     let der = {
         use ed25519_dalek::pkcs8::EncodePrivateKey;
         ed25519_dalek::SigningKey::from_bytes(current.seed())
@@ -637,6 +638,10 @@ async fn every_kind_of_bad_token_is_refused() {
         forge(&app, eddsa_header(), &with("iat", json!(now + 30))).await,
     ));
     bad.push((
+        "a lifetime beyond the TTL",
+        forge(&app, eddsa_header(), &with("exp", json!(now + 10 * 86_400))).await,
+    ));
+    bad.push((
         "old generation",
         forge(&app, eddsa_header(), &with("gen", json!(-1))).await,
     ));
@@ -666,6 +671,7 @@ async fn rotation_publishes_the_new_key_and_keeps_old_tokens_valid() {
         .unwrap();
     let new = egregore_relay::token::rotate_signing_key(
         app.store.as_ref(),
+        None,
         &egregore_relay::domain::audit::Actor::Cli,
         egregore_relay::domain::now(),
     )
@@ -723,5 +729,122 @@ async fn server_metadata_points_at_every_endpoint() {
             .as_array()
             .unwrap()
             .contains(&json!("chat"))
+    );
+}
+
+#[tokio::test]
+async fn a_signing_key_deleted_from_the_database_ends_its_tokens_at_once() {
+    let app = TestApp::spawn().await;
+    let (_, key) = app.create_named("compromised").await;
+    let token = token_for(&app, &key).await;
+    // Accepted once, so its signature check is remembered.
+    assert_eq!(introspect(&app, &token).await["active"], true);
+    let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+    // The operator's answer to a leaked key: a new one, and the old one gone for good.
+    egregore_relay::token::rotate_signing_key(
+        app.store.as_ref(),
+        None,
+        &egregore_relay::domain::audit::Actor::Cli,
+        egregore_relay::domain::now(),
+    )
+    .await
+    .unwrap();
+    app.db
+        .execute(&format!("DELETE FROM signing_keys WHERE kid = '{kid}'"))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while introspect(&app, &token).await["active"] == true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a token of a deleted key was still accepted after 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(introspect(&app, &token).await, json!({"active": false}));
+}
+
+const SEAL_SECRET: &str = "seal-secret-for-tests-0123456789abcdef";
+
+fn sealing_config(secret: Option<&str>) -> egregore_relay::config::ServeConfig {
+    let mut config = crate::support::test_config();
+    // One issuer for every server of a test, so their tokens are each other's.
+    config.tokens.issuer = "https://relay.test".into();
+    config.signing_key_secret = secret.map(|s| secrecy::SecretString::from(s.to_string()));
+    config
+}
+
+/// Starts a server on `db` and expects it to refuse to start; returns its error.
+async fn refused_start(db: &crate::support::TestDb, secret: Option<&str>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = sealing_config(secret);
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        egregore_relay::app::serve(&config, db.open().await, listener, std::future::pending()),
+    )
+    .await
+    .expect("the server started");
+    format!("{:#}", served.unwrap_err())
+}
+
+#[tokio::test]
+async fn with_a_secret_the_signing_keys_are_sealed_in_the_database() {
+    let mut app = TestApp::spawn_with(sealing_config(Some(SEAL_SECRET))).await;
+    let (_, key) = app.create_named("sealed").await;
+    let token = token_for(&app, &key).await;
+    assert_eq!(introspect(&app, &token).await["active"], true);
+    let stored = app.store.signing_keys().await.unwrap();
+    assert!(!stored.is_empty() && stored.iter().all(|k| k.is_sealed()));
+    let seal = egregore_relay::domain::signing_key::SeedSeal::from_secret(SEAL_SECRET);
+    let current = stored[0].open(Some(&seal)).unwrap();
+    assert!(
+        !stored[0]
+            .stored_seed()
+            .windows(32)
+            .any(|w| w == current.seed().as_slice()),
+        "the seed is in the database in plain text"
+    );
+    app.stop().await;
+    // A node without the secret, or with another one, cannot sign and refuses to start.
+    let db = crate::support::TestDb::shared(&app.db.url);
+    let error = refused_start(&db, None).await;
+    assert!(error.contains("RELAY_SIGNING_KEY_SECRET"), "{error}");
+    let error = refused_start(&db, Some("another-secret-0123456789abcdef-0123456789")).await;
+    assert!(error.contains("another secret"), "{error}");
+}
+
+#[tokio::test]
+async fn keys_stored_in_plain_text_are_sealed_once_a_secret_is_set() {
+    let mut app = TestApp::spawn_with(sealing_config(None)).await;
+    let (_, key) = app.create_named("before the secret").await;
+    let token = token_for(&app, &key).await;
+    assert!(
+        app.store
+            .signing_keys()
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| !k.is_sealed())
+    );
+    app.stop().await;
+    let sealed = TestApp::spawn_on(
+        crate::support::TestDb::shared(&app.db.url),
+        sealing_config(Some(SEAL_SECRET)),
+    )
+    .await;
+    // Tokens issued before keep working, and new ones are signed with the same key.
+    assert_eq!(introspect(&sealed, &token).await["active"], true);
+    assert!(
+        sealed
+            .store
+            .signing_keys()
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| k.is_sealed())
+    );
+    let again = token_for(&sealed, &key).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&again).unwrap().kid,
+        jsonwebtoken::decode_header(&token).unwrap().kid
     );
 }
