@@ -114,6 +114,9 @@ impl ClientAdmin {
                 return Err(Error::invalid("scope", "not a valid scope name"));
             }
         }
+        if let Some(q) = &request.name_contains {
+            crate::domain::storable_text("q", q)?;
+        }
         let query = ClientQuery {
             include_disabled: request.include_disabled,
             name_contains: request.name_contains,
@@ -222,6 +225,9 @@ impl ClientAdmin {
             None => None,
             Some(c) => Some(c.parse::<i64>().map_err(|_| bad_cursor())?),
         };
+        if let Some(id) = &request.client_id {
+            crate::domain::storable_text("client_id", id)?;
+        }
         let query = AuditQuery {
             client_id: request.client_id,
             before_id,

@@ -5,7 +5,9 @@
 //! Invalidation is by client id and never misses a load racing with it: every entry remembers
 //! the invalidation epoch at which its database read *started*; invalidating a client bumps
 //! the epoch and notes it for that client, so an entry read before the change is stale even if
-//! it is inserted after it.
+//! it is inserted after it. Clearing the cache works the same way for every client at once.
+//! An entry's age, too, counts from the start of its read, so no answer older than `ttl` is
+//! served.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,8 @@ struct Inner {
     entries: quick_cache::sync::Cache<CacheKey, Entry>,
     ttl: Duration,
     epoch: AtomicU64,
+    /// The epoch of the last `clear`: entries read before it are stale.
+    cleared_at: AtomicU64,
     /// Clients invalidated recently, with the epoch of their invalidation. Pruned after `ttl`,
     /// when every entry loaded before it has expired anyway.
     invalidated: RwLock<HashMap<ClientId, (u64, Instant)>>,
@@ -49,7 +53,10 @@ struct Entry {
 
 /// Marks the start of a database read whose result may be cached.
 #[derive(Debug, Clone, Copy)]
-pub struct LoadTicket(u64);
+pub struct LoadTicket {
+    epoch: u64,
+    started: Instant,
+}
 
 impl KeyCache {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
@@ -58,6 +65,7 @@ impl KeyCache {
                 entries: quick_cache::sync::Cache::new(capacity.max(1)),
                 ttl,
                 epoch: AtomicU64::new(0),
+                cleared_at: AtomicU64::new(0),
                 invalidated: RwLock::new(HashMap::new()),
             }),
         }
@@ -75,14 +83,17 @@ impl KeyCache {
 
     /// Call before reading the database; hand the ticket to `insert` with the result.
     pub fn ticket(&self) -> LoadTicket {
-        LoadTicket(self.inner.epoch.load(Ordering::Acquire))
+        LoadTicket {
+            epoch: self.inner.epoch.load(Ordering::Acquire),
+            started: Instant::now(),
+        }
     }
 
     pub fn insert(&self, key: CacheKey, client: Arc<Client>, ticket: LoadTicket) {
         let entry = Entry {
             client,
-            loaded_at: Instant::now(),
-            epoch: ticket.0,
+            loaded_at: ticket.started,
+            epoch: ticket.epoch,
         };
         self.inner.entries.insert(key, entry);
     }
@@ -98,9 +109,11 @@ impl KeyCache {
         invalidated.insert(client_id.clone(), (epoch, Instant::now()));
     }
 
-    /// Drops everything (used when change notifications may have been missed).
+    /// Drops everything, loads in flight included (used when change notifications may have
+    /// been missed).
     pub fn clear(&self) {
-        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.inner.cleared_at.fetch_max(epoch, Ordering::AcqRel);
         self.inner.entries.clear();
     }
 
@@ -119,6 +132,9 @@ impl KeyCache {
         // Fast path: nothing was invalidated since this entry's read began.
         if entry.epoch == self.inner.epoch.load(Ordering::Acquire) {
             return false;
+        }
+        if entry.epoch < self.inner.cleared_at.load(Ordering::Acquire) {
+            return true;
         }
         let invalidated = self
             .inner
@@ -182,6 +198,32 @@ mod tests {
         cache.invalidate(&c1.client_id);
         assert!(cache.get(&k1).is_none());
         assert!(cache.get(&k2).is_some());
+    }
+
+    #[test]
+    fn a_load_racing_a_clear_is_not_served() {
+        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let (key_id, c) = client();
+        let ticket = cache.ticket();
+        cache.clear(); // everything is dropped while the read is in flight
+        cache.insert(key_id.clone(), c, ticket);
+        assert!(cache.get(&key_id).is_none());
+        // A read that starts after the clear is cached as usual.
+        let (key_id, c) = client();
+        cache.insert(key_id.clone(), c, cache.ticket());
+        assert!(cache.get(&key_id).is_some());
+    }
+
+    #[test]
+    fn an_entry_ages_from_the_start_of_its_read() {
+        let ttl = Duration::from_secs(60);
+        let cache = KeyCache::new(10, ttl);
+        let (key_id, c) = client();
+        // A read that started a TTL ago (a slow query) answers with data already too old.
+        let mut ticket = cache.ticket();
+        ticket.started -= ttl;
+        cache.insert(key_id.clone(), c, ticket);
+        assert!(cache.get(&key_id).is_none());
     }
 
     #[test]

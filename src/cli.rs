@@ -243,7 +243,7 @@ async fn clients(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
     let admin = ClientAdmin::new(store, KeyCache::new(1, Duration::ZERO));
     let actor = Actor::Cli;
     let now = domain::now();
-    let id = ClientId::new;
+    let id = |text: &str| ClientId::parse(text).map_err(explain);
     match command {
         ClientsCommand::Create {
             name,
@@ -295,7 +295,7 @@ async fn clients(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
             }
         }
         ClientsCommand::Show { client_id } => {
-            print_client(admin.get(&id(&client_id)).await.map_err(explain)?, json)
+            print_client(admin.get(&id(&client_id)?).await.map_err(explain)?, json)
         }
         ClientsCommand::Update {
             client_id,
@@ -319,28 +319,28 @@ async fn clients(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
                 metadata: parse_metadata(metadata)?,
             };
             let client = admin
-                .update(&actor, &id(&client_id), changes, now)
+                .update(&actor, &id(&client_id)?, changes, now)
                 .await
                 .map_err(explain)?;
             print_client(client, json)
         }
         ClientsCommand::Disable { client_id } => {
             let client = admin
-                .set_enabled(&actor, &id(&client_id), false, now)
+                .set_enabled(&actor, &id(&client_id)?, false, now)
                 .await
                 .map_err(explain)?;
             print_client(client, json)
         }
         ClientsCommand::Enable { client_id } => {
             let client = admin
-                .set_enabled(&actor, &id(&client_id), true, now)
+                .set_enabled(&actor, &id(&client_id)?, true, now)
                 .await
                 .map_err(explain)?;
             print_client(client, json)
         }
         ClientsCommand::Regenerate { client_id, grace } => {
             let (client, key) = admin
-                .regenerate(&actor, &id(&client_id), grace, now)
+                .regenerate(&actor, &id(&client_id)?, grace, now)
                 .await
                 .map_err(explain)?;
             print_with_key(client, &key, json)
@@ -350,7 +350,7 @@ async fn clients(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
                 bail!("not deleted (pass --yes to delete without asking)");
             }
             admin
-                .delete(&actor, &id(&client_id), now)
+                .delete(&actor, &id(&client_id)?, now)
                 .await
                 .map_err(explain)?;
             if json {
@@ -465,6 +465,24 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stored text as it is safe to print on a terminal: control characters (escape sequences of
+/// an adopted row, say) and bidirectional controls are shown as `\u{…}` escapes.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || domain::client::reorders_or_breaks_text(c);
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn print_client(client: Client, json: bool) -> anyhow::Result<()> {
     let client = ClientResponse::from(client);
     if json {
@@ -472,9 +490,9 @@ fn print_client(client: Client, json: bool) -> anyhow::Result<()> {
     }
     let show =
         |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_string(), |t| t.to_rfc3339());
-    println!("client_id     {}", client.client_id);
-    println!("name          {}", client.name);
-    println!("scopes        {}", client.scopes.join(","));
+    println!("client_id     {}", printable(&client.client_id));
+    println!("name          {}", printable(&client.name));
+    println!("scopes        {}", printable(&client.scopes.join(",")));
     println!("rate_limit    {}/min", client.rate_limit);
     println!("enabled       {}", client.enabled);
     println!("expires_at    {}", show(client.expires_at));
@@ -482,7 +500,10 @@ fn print_client(client: Client, json: bool) -> anyhow::Result<()> {
         "key_prefix    {}",
         client.key_prefix.as_deref().unwrap_or("-")
     );
-    println!("metadata      {}", Value::Object(client.metadata));
+    println!(
+        "metadata      {}",
+        printable(&Value::Object(client.metadata).to_string())
+    );
     println!("created_at    {}", client.created_at.to_rfc3339());
     println!("updated_at    {}", client.updated_at.to_rfc3339());
     println!("last_used_at  {}", show(client.last_used_at));
@@ -507,9 +528,9 @@ fn print_table(clients: &[ClientResponse]) {
         .iter()
         .map(|c| {
             [
-                c.client_id.clone(),
-                c.name.clone(),
-                c.scopes.join(","),
+                printable(&c.client_id).into_owned(),
+                printable(&c.name).into_owned(),
+                printable(&c.scopes.join(",")).into_owned(),
                 c.rate_limit.to_string(),
                 if c.enabled { "yes".into() } else { "no".into() },
                 c.key_prefix.clone().unwrap_or_else(|| "-".into()),

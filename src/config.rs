@@ -238,7 +238,9 @@ impl ServeArgs {
             .trusted_proxies
             .iter()
             .filter(|t| !t.trim().is_empty())
-            .map(|t| address::parse_network(t).map_err(|e| format!("RELAY_TRUSTED_PROXIES: {e}")))
+            .map(|t| {
+                address::parse_network(t).map_err(|e| format!("RELAY_TRUSTED_PROXIES: {t:?} {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if self.legacy_bcrypt_concurrency == 0 {
             return Err("RELAY_LEGACY_BCRYPT_CONCURRENCY must be at least 1".into());

@@ -39,6 +39,18 @@ pub fn random_hex(len: usize) -> Result<String, getrandom::Error> {
     Ok(hex(&bytes))
 }
 
+/// Refuses text PostgreSQL cannot store or compare (its `text` and `jsonb` hold no U+0000);
+/// applied on every backend, so both answer a request alike.
+pub fn storable_text(pointer: &str, text: &str) -> Result<(), Error> {
+    if text.contains('\0') {
+        return Err(Error::invalid(
+            pointer,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
+    Ok(())
+}
+
 pub fn truncate_to_micros(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }

@@ -30,7 +30,7 @@ const FAILURE_CAPACITY: usize = 100_000;
 /// What a legacy-key check found.
 #[derive(Debug)]
 pub enum LegacyMatch {
-    Found(Client),
+    Found(Box<Client>),
     NotFound,
     /// The bcrypt budget is spent: try again after this many seconds.
     Busy {
@@ -122,9 +122,9 @@ impl LegacyKeys {
             result
         });
         match task.await {
-            Ok(result) => {
-                result.map(|found| found.map_or(LegacyMatch::NotFound, LegacyMatch::Found))
-            }
+            Ok(result) => result.map(|found| {
+                found.map_or(LegacyMatch::NotFound, |c| LegacyMatch::Found(Box::new(c)))
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "a legacy key check failed");
                 Ok(LegacyMatch::NotFound)

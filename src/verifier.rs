@@ -165,7 +165,7 @@ impl Verifier {
         let found = self.legacy.find(key, digest).await;
         self.failed_auth.refund(addr);
         match found? {
-            LegacyMatch::Found(client) => Ok(Some(client)),
+            LegacyMatch::Found(client) => Ok(Some(*client)),
             LegacyMatch::NotFound => Ok(None),
             LegacyMatch::Busy {
                 retry_after_seconds,

@@ -27,6 +27,7 @@ pub fn failure_key(ip: IpAddr) -> IpAddr {
 
 /// Parses a CIDR (`203.0.113.0/24`, `2001:db8::/32`) or a bare address (one host). Host bits
 /// set past the prefix (`10.0.0.1/8`) are refused: such a network is almost always a typo.
+/// The error does not repeat the text (it may be anything a client sent).
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     let network = match text.parse::<IpNet>() {
@@ -34,11 +35,11 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
         Err(_) => text
             .parse::<IpAddr>()
             .map(|ip| IpNet::from(canonical(ip)))
-            .map_err(|_| format!("{text:?} is not an IP address or CIDR network"))?,
+            .map_err(|_| "is not an IP address or CIDR network".to_string())?,
     };
     if network.trunc() != network {
         return Err(format!(
-            "{text:?} has host bits set past its prefix; did you mean {}?",
+            "has host bits set past its prefix; did you mean {}?",
             network.trunc()
         ));
     }

@@ -26,9 +26,21 @@ impl ClientId {
         Ok(ClientId(format!("client_{}", super::random_hex(8)?).into()))
     }
 
-    /// Wraps an id read from storage or a request path; it is looked up, never trusted.
+    /// Wraps an id read from storage; it is looked up, never trusted.
     pub fn new(id: &str) -> Self {
         ClientId(id.into())
+    }
+
+    /// An id from a request (a path, a filter): any text a stored id could be, which is then
+    /// looked up. Control characters (NUL among them) can be in none.
+    pub fn parse(id: &str) -> Result<Self, Error> {
+        if id.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "",
+                "the client id must not contain control characters",
+            ));
+        }
+        Ok(ClientId::new(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -404,7 +416,21 @@ fn parse_name(raw: &str) -> Result<String, String> {
     if name.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
+    if name.chars().any(reorders_or_breaks_text) {
+        return Err("must not contain bidirectional controls or line separators".into());
+    }
     Ok(name.to_string())
+}
+
+/// Characters that change how the text around them is shown (bidirectional embeddings,
+/// overrides and isolates, which can make a list show `nimda` for `admin`, CVE-2021-42574),
+/// or break it into lines: refused in names, and escaped when stored text is printed.
+pub fn reorders_or_breaks_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            | '\u{2028}' | '\u{2029}'
+    )
 }
 
 fn parse_rate_limit(n: i64) -> Result<i64, String> {
@@ -437,6 +463,10 @@ fn parse_metadata(value: Value) -> Result<Map<String, Value>, String> {
     let Value::Object(map) = value else {
         return Err("must be a JSON object".into());
     };
+    if map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
+        // PostgreSQL's jsonb cannot hold it; refused on SQLite too, so both agree.
+        return Err("must not contain the NUL character (U+0000) in a key or a string".into());
+    }
     let size = serde_json::to_vec(&map)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
@@ -446,6 +476,16 @@ fn parse_metadata(value: Value) -> Result<Map<String, Value>, String> {
         ));
     }
     Ok(map)
+}
+
+/// Whether any key or string anywhere in `value` contains U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ pub async fn get_client(
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<ClientResponse>, ApiError> {
-    Ok(Json(state.admin.get(&ClientId::new(&id)).await?.into()))
+    Ok(Json(state.admin.get(&ClientId::parse(&id)?).await?.into()))
 }
 
 #[utoipa::path(patch, path = "/admin/clients/{client_id}", tag = "admin",
@@ -303,7 +303,12 @@ pub async fn update_client(
     let changes = req.into_changes()?;
     let client = state
         .admin
-        .update(&caller.actor, &ClientId::new(&id), changes, domain::now())
+        .update(
+            &caller.actor,
+            &ClientId::parse(&id)?,
+            changes,
+            domain::now(),
+        )
         .await?;
     Ok(Json(client.into()))
 }
@@ -320,7 +325,7 @@ pub async fn disable_client(
 ) -> Result<Json<ClientResponse>, ApiError> {
     let client = state
         .admin
-        .set_enabled(&caller.actor, &ClientId::new(&id), false, domain::now())
+        .set_enabled(&caller.actor, &ClientId::parse(&id)?, false, domain::now())
         .await?;
     Ok(Json(client.into()))
 }
@@ -337,7 +342,7 @@ pub async fn enable_client(
 ) -> Result<Json<ClientResponse>, ApiError> {
     let client = state
         .admin
-        .set_enabled(&caller.actor, &ClientId::new(&id), true, domain::now())
+        .set_enabled(&caller.actor, &ClientId::parse(&id)?, true, domain::now())
         .await?;
     Ok(Json(client.into()))
 }
@@ -357,7 +362,7 @@ pub async fn regenerate_key(
     let grace = req.grace_period_seconds.unwrap_or(0);
     let (client, key) = state
         .admin
-        .regenerate(&caller.actor, &ClientId::new(&id), grace, domain::now())
+        .regenerate(&caller.actor, &ClientId::parse(&id)?, grace, domain::now())
         .await?;
     Ok(Json(ClientWithKeyResponse {
         client: client.into(),
@@ -377,7 +382,7 @@ pub async fn delete_client(
 ) -> Result<StatusCode, ApiError> {
     state
         .admin
-        .delete(&caller.actor, &ClientId::new(&id), domain::now())
+        .delete(&caller.actor, &ClientId::parse(&id)?, domain::now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

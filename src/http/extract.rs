@@ -68,13 +68,20 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::bad_request("the body is not valid JSON", Vec::new());
         }
-        let path = e.path().to_string();
-        let pointer = if path == "." {
+        let message = inner.to_string();
+        let mut path = e.path().to_string();
+        if names_what_was_not_expected(&message) {
+            // The path ends in the unexpected name: point at its parent.
+            path = path
+                .rsplit_once('.')
+                .map_or(String::new(), |(p, _)| p.to_string());
+        }
+        let pointer = if path.is_empty() || path == "." {
             String::new()
         } else {
             format!("/{}", path.replace('.', "/"))
         };
-        let message = without_quoted_values(&inner.to_string());
+        let message = safe_message(&message);
         ApiError::bad_request(
             "the body does not match the expected shape",
             vec![FieldError::new(pointer, message)],
@@ -95,6 +102,24 @@ fn without_quoted_values(message: &str) -> String {
         }
         _ => message.to_string(),
     }
+}
+
+/// Whether serde's message is about a name the request made up (`unknown field `eg_…``).
+fn names_what_was_not_expected(message: &str) -> bool {
+    message.starts_with("unknown field `") || message.starts_with("unknown variant `")
+}
+
+/// serde's message with nothing the client sent in it: no quoted value, and no unknown field
+/// or variant name (a key pasted as a field name would come back otherwise). The names it
+/// expected are ours and stay.
+fn safe_message(message: &str) -> String {
+    let message = without_quoted_values(message);
+    if !names_what_was_not_expected(&message) {
+        return message;
+    }
+    let (what, rest) = message.split_once(" `").unwrap_or((&message, ""));
+    let after_name = rest.split_once('`').map_or("", |(_, after)| after);
+    format!("{what}{after_name}")
 }
 
 fn unsupported_media_type() -> ApiError {
@@ -143,6 +168,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
                 let detail = text
                     .strip_prefix("Failed to deserialize query string: ")
                     .unwrap_or(&text);
+                // `name: message`, where an unknown name is the client's and is left out.
+                let detail = match detail.split_once(": ") {
+                    Some((_, message)) if names_what_was_not_expected(message) => {
+                        safe_message(message).replacen("field", "parameter", 1)
+                    }
+                    Some((name, message)) => format!("{name}: {}", safe_message(message)),
+                    None => safe_message(detail),
+                };
                 ApiError::bad_request(format!("invalid query: {detail}"), Vec::new())
             })
     }
@@ -313,6 +346,19 @@ mod tests {
             without_quoted_values("missing field `name`"),
             "missing field `name`"
         );
+    }
+
+    #[test]
+    fn unknown_names_are_not_echoed() {
+        assert_eq!(
+            safe_message("unknown field `eg_secret`, expected one of `name`, `scopes`"),
+            "unknown field, expected one of `name`, `scopes`"
+        );
+        assert_eq!(
+            safe_message("unknown variant `eg_secret`, expected `day` or `month`"),
+            "unknown variant, expected `day` or `month`"
+        );
+        assert_eq!(safe_message("missing field `name`"), "missing field `name`");
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl<S: Send + Sync> FromRequest<S> for OAuthParams {
                     .into_iter()
                     .map(|(k, v)| match v {
                         Value::String(s) => Ok((k, s)),
-                        _ => Err(OAuthError::invalid_request(format!("{k} must be a string"))),
+                        _ => Err(OAuthError::invalid_request(format!(
+                            "{} must be a string",
+                            parameter_name(&k)
+                        ))),
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -98,14 +101,33 @@ impl<S: Send + Sync> FromRequest<S> for OAuthParams {
         };
         let mut params = HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
-            if params.insert(name.clone(), value).is_some() {
+            if params.contains_key(&name) {
                 return Err(OAuthError::invalid_request(format!(
-                    "{name} is sent more than once"
+                    "{} is sent more than once",
+                    parameter_name(&name)
                 )));
             }
+            params.insert(name, value);
         }
         Ok(OAuthParams(params))
     }
+}
+
+/// A parameter's name for an error message: ours by name, anything else (perhaps a secret
+/// pasted in the wrong place) only as "a parameter".
+fn parameter_name(name: &str) -> &str {
+    const KNOWN: [&str; 6] = [
+        "grant_type",
+        "scope",
+        "client_id",
+        "client_secret",
+        "token",
+        "token_type_hint",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == name)
+        .unwrap_or("a parameter")
 }
 
 /// How the client authenticated at the token endpoint.
@@ -272,11 +294,12 @@ pub async fn exchange_token(
         .await
     {
         Ok(done) => done,
-        Err(ExchangeError::InvalidScope(scope)) => {
+        Err(ExchangeError::InvalidScope(_)) => {
+            // The scope requested is not named back: it is the client's text.
             return Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",
-                format!("the client does not hold scope {scope:?}"),
+                "the client does not hold every scope requested",
             ));
         }
         Err(ExchangeError::RateLimited(decision)) => {

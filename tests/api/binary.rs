@@ -268,9 +268,19 @@ fn serve_help_documents_every_setting_with_its_variable_and_default() {
         "REDIS_URL",
         "RELAY_REDIS_PREFIX",
         "RELAY_LEGACY_BCRYPT_CONCURRENCY",
+        "RELAY_MAX_CONNECTIONS",
+        "RELAY_SHUTDOWN_GRACE",
+        "RELAY_SIGNING_KEY_SECRET",
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
+    // Secrets belong in the environment, where the process list does not show them.
+    let admin_token = help
+        .split("--admin-token")
+        .nth(1)
+        .and_then(|h| h.split("\n      --").next())
+        .unwrap();
+    assert!(admin_token.contains("environment"), "{admin_token}");
 }
 
 #[tokio::test]
@@ -394,6 +404,59 @@ fn the_human_list_is_a_table() {
     let mut lines = text.lines();
     assert!(lines.next().unwrap().starts_with("CLIENT_ID"));
     assert!(lines.next().unwrap().contains("tabled"));
+}
+
+#[tokio::test]
+async fn stored_text_is_printed_without_terminal_escapes() {
+    let db = TestDb::new().await;
+    let created = clients(&db, &["create", "--name", "adopted"]);
+    let id = created["client"]["client_id"].as_str().unwrap().to_string();
+    // A row written by something else than the relay (an adopted database, a manual fix).
+    let hostile = "x\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}nimda";
+    db.execute(&format!(
+        "UPDATE api_clients SET name = '{hostile}' WHERE client_id = '{id}'"
+    ))
+    .await;
+    for args in [
+        vec!["clients", "list"],
+        vec!["clients", "show", id.as_str()],
+    ] {
+        let out = relay()
+            .env("DATABASE_URL", &db.url)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("\\u{1b}") && text.contains("nimda"),
+            "{text:?}"
+        );
+    }
+    // The JSON output is the API's: the name as stored, escaped by JSON itself.
+    assert_eq!(clients(&db, &["show", &id])["name"], hostile);
+}
+
+#[tokio::test]
+async fn names_with_bidirectional_controls_are_refused() {
+    let app = TestApp::spawn().await;
+    for name in ["admin\u{202e}", "\u{2066}x", "a\u{2028}b", "\u{200f}"] {
+        let r = app
+            .admin(reqwest::Method::POST, "/admin/clients")
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        let problem = crate::support::assert_problem(r, StatusCode::BAD_REQUEST).await;
+        assert_eq!(crate::support::pointers(&problem), ["/name"], "{name:?}");
+    }
+    // Emoji sequences use joiners, which stay allowed.
+    let (client, _) = app.create_named("family \u{1f468}\u{200d}\u{1f469}").await;
+    assert_eq!(client["name"], "family \u{1f468}\u{200d}\u{1f469}");
 }
 
 #[test]

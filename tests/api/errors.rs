@@ -381,3 +381,140 @@ async fn repeated_failed_authentications_from_one_address_are_a_429() {
     let (_, key) = app.create_named("shared address").await;
     assert_eq!(app.verify(&key).await["valid"], true);
 }
+
+/// A key that looks real, pasted where a name or a value belongs.
+const PASTED_KEY: &str = "eg_Zq3LmN8pRtW2xVb7KjH4sDf9GhJk1LmN2bVc5XzA0q9W3e";
+
+#[tokio::test]
+async fn a_key_pasted_in_the_wrong_place_never_comes_back_in_an_error() {
+    let app = TestApp::spawn().await;
+    let (client, _) = app.create_named("target").await;
+    let id = client["client_id"].as_str().unwrap();
+    let k = PASTED_KEY;
+    let json_cases = [
+        (
+            Method::POST,
+            "/admin/clients".to_string(),
+            json!({"name": "x", k: 1}),
+        ),
+        (
+            Method::POST,
+            "/admin/clients".to_string(),
+            json!({"name": "x", "scopes": ["chat", k]}),
+        ),
+        (
+            Method::POST,
+            "/admin/clients".to_string(),
+            json!({"name": "x", "scopes": [k.to_lowercase(), k.to_lowercase()]}),
+        ),
+        (
+            Method::PATCH,
+            format!("/admin/clients/{id}"),
+            json!({k: true}),
+        ),
+        (
+            Method::POST,
+            format!("/admin/clients/{id}/regenerate"),
+            json!({k: 60}),
+        ),
+        (
+            Method::POST,
+            "/v1/keys/verify".to_string(),
+            json!({"key": "eg_x", k: 1}),
+        ),
+    ];
+    for (method, path, body) in json_cases {
+        let r = app.admin(method, &path).json(&body).send().await.unwrap();
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains(k) && !text.contains(&k.to_lowercase()),
+            "{path} {body}: {text}"
+        );
+    }
+    for path in [
+        format!("/admin/clients?{k}=1"),
+        format!("/admin/audit?{k}=1"),
+        format!("/admin/clients?limit={k}"),
+    ] {
+        let r = app.admin(Method::GET, &path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains(k), "{path}: {text}");
+    }
+    let (_, key) = app.create_named("oauth").await;
+    let token_cases: Vec<reqwest::RequestBuilder> = vec![
+        app.request(Method::POST, "/v1/token").json(&json!({k: 1})),
+        app.request(Method::POST, "/v1/token")
+            .form(&[(k, "a"), (k, "b")]),
+        app.request(Method::POST, "/v1/token")
+            .header("x-api-key", &key)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", &k.to_lowercase()),
+            ]),
+    ];
+    for request in token_cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains(k) && !text.contains(&k.to_lowercase()),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_everywhere_text_enters_on_both_backends() {
+    let app = TestApp::spawn().await;
+    let (client, _) = app.create_named("nul target").await;
+    let id = client["client_id"].as_str().unwrap();
+    let bodies = [
+        json!({"name": "n", "metadata": {"k": "a\u{0}b"}}),
+        json!({"name": "n", "metadata": {"a\u{0}": 1}}),
+        json!({"name": "n", "metadata": {"deep": [{"x": ["\u{0}"]}]}}),
+        json!({"name": "\u{0}"}),
+    ];
+    for body in &bodies {
+        assert_rejected(&app, Method::POST, "/admin/clients", body.clone(), "").await;
+    }
+    assert_rejected(
+        &app,
+        Method::PATCH,
+        &format!("/admin/clients/{id}"),
+        json!({"metadata": {"k": "\u{0}"}}),
+        "/metadata",
+    )
+    .await;
+    let before = app.snapshot().await;
+    let requests = [
+        (Method::GET, "/admin/clients?q=a%00b".to_string()),
+        (Method::GET, "/admin/audit?client_id=%00".to_string()),
+        (Method::GET, "/admin/clients/client_%00".to_string()),
+        (Method::PATCH, "/admin/clients/%00".to_string()),
+        (Method::DELETE, "/admin/clients/%00".to_string()),
+        (Method::POST, "/admin/clients/%00/disable".to_string()),
+        (Method::POST, "/admin/clients/%00/enable".to_string()),
+        (Method::POST, "/admin/clients/%00/regenerate".to_string()),
+    ];
+    for (method, path) in requests {
+        let r = app
+            .admin(method.clone(), &path)
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert_problem(r, status).await;
+    }
+    let r = app
+        .admin(Method::POST, "/v1/keys/verify")
+        .json(&json!({"key": "eg_\u{0}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "NOT_FOUND");
+    assert_eq!(app.snapshot().await, before);
+}
