@@ -133,6 +133,8 @@ impl Connection {
         let mut shutting_down = false;
         loop {
             tokio::select! {
+                // The connection first: it is what wakes this task on every request.
+                biased;
                 result = connection.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");

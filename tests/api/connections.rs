@@ -51,6 +51,19 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> 
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n";
 
+/// Opens the upstream's event stream through the relay; returns it after its first event.
+async fn open_event_stream(app: &TestApp, name: &str) -> reqwest::Response {
+    let (_, key) = app.create_named(name).await;
+    let mut r = app
+        .request(Method::GET, "/v1/chat/sse")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"data: first\n\n");
+    r
+}
+
 #[tokio::test]
 async fn a_request_head_that_does_not_arrive_in_time_closes_the_connection() {
     let app = TestApp::spawn_with(config_with(limits())).await;
@@ -95,14 +108,7 @@ async fn a_relay_stream_outlives_the_header_and_idle_timeouts() {
     let mut config = relay_config(&upstream.base, "http://127.0.0.1:9");
     config.connections = limits();
     let app = TestApp::spawn_with(config).await;
-    let (_, key) = app.create_named("stream").await;
-    let mut r = app
-        .request(Method::GET, "/v1/chat/sse")
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"data: first\n\n");
+    let mut r = open_event_stream(&app, "stream").await;
     // The stream stays quiet for longer than both timeouts together.
     tokio::time::sleep(HEADER_TIMEOUT + IDLE_TIMEOUT + Duration::from_millis(200)).await;
     upstream.signals.send_last_event.notify_one();
@@ -199,14 +205,7 @@ async fn shutdown_cuts_what_is_still_open_when_the_grace_period_ends() {
         ..limits()
     };
     let mut app = TestApp::spawn_with(config).await;
-    let (_, key) = app.create_named("endless").await;
-    let mut r = app
-        .request(Method::GET, "/v1/chat/sse")
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"data: first\n\n");
+    let mut r = open_event_stream(&app, "endless").await;
     let stopping = Instant::now();
     tokio::time::timeout(Duration::from_secs(5), app.stop())
         .await

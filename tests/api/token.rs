@@ -660,6 +660,18 @@ async fn every_kind_of_bad_token_is_refused() {
     let _ = client;
 }
 
+/// Rotates the signing key as `relay signing-keys rotate` does (no seal).
+async fn rotate(app: &TestApp) -> egregore_relay::domain::signing_key::SigningKey {
+    egregore_relay::token::rotate_signing_key(
+        app.store.as_ref(),
+        None,
+        &egregore_relay::domain::audit::Actor::Cli,
+        egregore_relay::domain::now(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn rotation_publishes_the_new_key_and_keeps_old_tokens_valid() {
     let app = TestApp::spawn().await;
@@ -669,14 +681,7 @@ async fn rotation_publishes_the_new_key_and_keeps_old_tokens_valid() {
         .unwrap()
         .kid
         .unwrap();
-    let new = egregore_relay::token::rotate_signing_key(
-        app.store.as_ref(),
-        None,
-        &egregore_relay::domain::audit::Actor::Cli,
-        egregore_relay::domain::now(),
-    )
-    .await
-    .unwrap();
+    let new = rotate(&app).await;
     // Within a second the server signs with the new key.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     let new_token = loop {
@@ -741,14 +746,7 @@ async fn a_signing_key_deleted_from_the_database_ends_its_tokens_at_once() {
     assert_eq!(introspect(&app, &token).await["active"], true);
     let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
     // The operator's answer to a leaked key: a new one, and the old one gone for good.
-    egregore_relay::token::rotate_signing_key(
-        app.store.as_ref(),
-        None,
-        &egregore_relay::domain::audit::Actor::Cli,
-        egregore_relay::domain::now(),
-    )
-    .await
-    .unwrap();
+    rotate(&app).await;
     app.db
         .execute(&format!("DELETE FROM signing_keys WHERE kid = '{kid}'"))
         .await;
