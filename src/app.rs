@@ -1,5 +1,5 @@
-//! Application wiring: the shared state, the background tasks, and `serve`, which runs the
-//! HTTP service on a bound listener until a shutdown future resolves.
+//! Application wiring: builds the services and the background tasks, and `serve`, which runs
+//! the HTTP service on a bound listener until a shutdown future resolves.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,45 +9,21 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::ClientAdmin;
-use crate::cache::KeyCache;
-use crate::change_feed::ChangeFeed;
+use crate::cache::ClientCache;
+use crate::cache::change_feed::ChangeFeed;
 use crate::config::ServeConfig;
-use crate::domain::address::TrustedProxies;
 use crate::domain::signing_key::SeedSeal;
-use crate::keyring::KeyRing;
-use crate::legacy::LegacyKeys;
+use crate::http::{AppState, Relay, Shared};
 use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::metrics::Metrics;
+use crate::service::admin::ClientAdmin;
+use crate::service::auth::{Gate, GateParts};
+use crate::service::health::Health;
+use crate::service::keyring::{KeyRing, SigningKeys};
+use crate::service::legacy_key::LegacyKeys;
+use crate::service::token::TokenService;
+use crate::service::usage::UsageRecorder;
 use crate::storage::Store;
-use crate::token::TokenService;
-use crate::usage::UsageRecorder;
-use crate::verifier::Verifier;
-
-/// Everything a request handler may use. One `Arc`: axum clones the state for every request.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub admin: Arc<ClientAdmin>,
-    pub verifier: Arc<Verifier>,
-    pub tokens: Arc<TokenService>,
-    pub relay: Arc<crate::http::Relay>,
-    pub limiter: Arc<dyn RateLimiter>,
-    pub failed_auth: Arc<FailedAuthLimiter>,
-    pub metrics: Arc<Metrics>,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: TrustedProxies,
-}
 
 const CHANGE_POLL: Duration = Duration::from_millis(500);
 /// `last_used_at` may lag by at most 10 s; flushing every 5 s leaves room for a slow write.
@@ -63,7 +39,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let cache = KeyCache::new(config.cache_capacity, config.cache_ttl);
+    let cache = ClientCache::new(config.cache_capacity, config.cache_ttl);
     let usage = UsageRecorder::default();
     let metrics = Arc::new(Metrics::default());
     let limiter: Arc<dyn RateLimiter> = match &config.redis {
@@ -78,50 +54,52 @@ pub async fn serve(
     let feed = ChangeFeed::start(store.clone(), cache.clone()).await?;
     let token_lifetime = chrono::Duration::seconds(i64::from(config.tokens.ttl_seconds))
         + chrono::Duration::seconds(crate::domain::access_token::LEEWAY_SECONDS);
-    let tokens = Arc::new(TokenService::new(
-        Arc::new(KeyRing::new(token_lifetime)),
+    let keyring = Arc::new(KeyRing::new(token_lifetime));
+    let seal = config
+        .signing_key_secret
+        .as_ref()
+        .map(|secret| SeedSeal::from_secret(secret.expose_secret()));
+    let signing_keys = SigningKeys::new(store.clone(), seal);
+    signing_keys
+        .load_into(&keyring, crate::domain::now())
+        .await?;
+    let legacy = LegacyKeys::new(
         store.clone(),
-        cache.clone(),
-        limiter.clone(),
-        config.tokens.clone(),
-        config
-            .signing_key_secret
-            .as_ref()
-            .map(|secret| SeedSeal::from_secret(secret.expose_secret())),
-    ));
-    tokens.load_keys(crate::domain::now()).await?;
-    let state = AppState(Arc::new(Shared {
-        admin: Arc::new(ClientAdmin::new(store.clone(), cache.clone())),
-        verifier: Arc::new(Verifier::new(
-            store.clone(),
-            cache.clone(),
-            usage.clone(),
-            metrics.clone(),
-            config.admin_token.as_ref(),
-            LegacyKeys::new(
-                store.clone(),
-                config.legacy_bcrypt_concurrency,
-                metrics.legacy_bcrypt_checks.clone(),
-                metrics.legacy_checks_queued.clone(),
-            ),
-            failed_auth.clone(),
-        )),
-        tokens: tokens.clone(),
-        relay: Arc::new(crate::http::Relay::new(
-            config.routes.clone(),
-            config.upstream_timeouts,
-        )),
+        config.legacy_bcrypt_concurrency,
+        metrics.legacy_bcrypt_checks.clone(),
+        metrics.legacy_checks_queued.clone(),
+    );
+    let gate = Arc::new(Gate::new(GateParts {
         store: store.clone(),
-        limiter: limiter.clone(),
+        cache: cache.clone(),
+        usage: usage.clone(),
+        metrics: metrics.clone(),
+        admin_token: config.admin_token.clone(),
+        legacy,
         failed_auth: failed_auth.clone(),
+        limiter: limiter.clone(),
+        keyring: keyring.clone(),
+        tokens: config.tokens.clone(),
+    }));
+    let state = AppState::new(Shared {
+        admin: Arc::new(ClientAdmin::new(store.clone(), Some(cache.clone()))),
+        tokens: Arc::new(TokenService::new(
+            gate.clone(),
+            keyring.clone(),
+            config.tokens.clone(),
+        )),
+        gate,
+        health: Health::new(store.clone(), limiter.clone()),
+        relay: Relay::new(config.routes.clone(), config.upstream_timeouts),
         metrics,
         trusted_proxies: config.trusted_proxies.clone(),
-    }));
+    });
     let (stop, stopped) = watch::channel(false);
     let background = Background {
         store: store.clone(),
         feed,
-        tokens,
+        signing_keys,
+        keyring,
         cache,
         usage: usage.clone(),
         limiter,
@@ -148,8 +126,9 @@ pub async fn serve(
 struct Background {
     store: Arc<dyn Store>,
     feed: ChangeFeed,
-    tokens: Arc<TokenService>,
-    cache: KeyCache,
+    signing_keys: SigningKeys,
+    keyring: Arc<KeyRing>,
+    cache: ClientCache,
     usage: UsageRecorder,
     limiter: Arc<dyn RateLimiter>,
     failed_auth: Arc<FailedAuthLimiter>,
@@ -170,7 +149,8 @@ impl Background {
                     if let Err(e) = self.feed.poll().await {
                         tracing::warn!(error = %e, "could not read the change log");
                     }
-                    if let Err(e) = self.tokens.load_keys(crate::domain::now()).await {
+                    let now = crate::domain::now();
+                    if let Err(e) = self.signing_keys.load_into(&self.keyring, now).await {
                         tracing::warn!(error = %e, "could not reload the signing keys");
                     }
                 }

@@ -1,6 +1,7 @@
-//! The verification cache: key id → the client that owns it, and client id → client (for
-//! access tokens), so a warm credential costs no database round trip. Bounded in size, entries
-//! live at most `ttl`, and a change to a client makes its entries stale at once.
+//! The client cache: key id → the client that owns it, and client id → client (for access
+//! tokens), so a warm credential costs no database round trip. Bounded in size, entries live
+//! at most `ttl`, and a change to a client makes its entries stale at once; `change_feed`
+//! carries changes made by other processes here.
 //!
 //! Invalidation is by client id and never misses a load racing with it: every entry remembers
 //! the invalidation epoch at which its database read *started*; invalidating a client bumps
@@ -9,7 +10,10 @@
 //! An entry's age, too, counts from the start of its read, so no answer older than `ttl` is
 //! served.
 
+pub mod change_feed;
+
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -29,7 +33,7 @@ pub enum CacheKey {
 }
 
 #[derive(Clone)]
-pub struct KeyCache {
+pub struct ClientCache {
     inner: Arc<Inner>,
 }
 
@@ -53,14 +57,20 @@ struct Entry {
 
 /// Marks the start of a database read whose result may be cached.
 #[derive(Debug, Clone, Copy)]
-pub struct LoadTicket {
+struct LoadTicket {
     epoch: u64,
     started: Instant,
 }
 
-impl KeyCache {
+/// What `get_or_load` found, and whether the cache answered.
+pub struct Lookup {
+    pub client: Option<Arc<Client>>,
+    pub hit: bool,
+}
+
+impl ClientCache {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
-        KeyCache {
+        ClientCache {
             inner: Arc::new(Inner {
                 entries: quick_cache::sync::Cache::new(capacity.max(1)),
                 ttl,
@@ -71,8 +81,29 @@ impl KeyCache {
         }
     }
 
+    /// The client found by `key`: a fresh cached entry, else what `load` reads (from the
+    /// database), cached on the way unless a change to that client raced with the read.
+    pub async fn get_or_load<E, F, Fut>(&self, key: CacheKey, load: F) -> Result<Lookup, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Client>, E>>,
+    {
+        if let Some(client) = self.get(&key) {
+            return Ok(Lookup {
+                client: Some(client),
+                hit: true,
+            });
+        }
+        let ticket = self.ticket();
+        let client = load().await?.map(Arc::new);
+        if let Some(client) = &client {
+            self.insert(key, client.clone(), ticket);
+        }
+        Ok(Lookup { client, hit: false })
+    }
+
     /// The client found by `key`, if a fresh entry is cached.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Client>> {
+    fn get(&self, key: &CacheKey) -> Option<Arc<Client>> {
         let entry = self.inner.entries.get(key)?;
         if entry.loaded_at.elapsed() >= self.inner.ttl || self.invalidated_since(&entry) {
             self.inner.entries.remove(key);
@@ -82,14 +113,14 @@ impl KeyCache {
     }
 
     /// Call before reading the database; hand the ticket to `insert` with the result.
-    pub fn ticket(&self) -> LoadTicket {
+    fn ticket(&self) -> LoadTicket {
         LoadTicket {
             epoch: self.inner.epoch.load(Ordering::Acquire),
             started: Instant::now(),
         }
     }
 
-    pub fn insert(&self, key: CacheKey, client: Arc<Client>, ticket: LoadTicket) {
+    fn insert(&self, key: CacheKey, client: Arc<Client>, ticket: LoadTicket) {
         let entry = Entry {
             client,
             loaded_at: ticket.started,
@@ -170,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_cached_client_is_returned_until_invalidated() {
-        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let cache = ClientCache::new(10, Duration::from_secs(60));
         let (key_id, c) = client();
         cache.insert(key_id.clone(), c.clone(), cache.ticket());
         assert!(cache.get(&key_id).is_some());
@@ -180,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_load_racing_an_invalidation_is_not_served() {
-        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let cache = ClientCache::new(10, Duration::from_secs(60));
         let (key_id, c) = client();
         let ticket = cache.ticket();
         cache.invalidate(&c.client_id); // the change lands while the read is in flight
@@ -190,7 +221,7 @@ mod tests {
 
     #[test]
     fn invalidating_one_client_keeps_the_others() {
-        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let cache = ClientCache::new(10, Duration::from_secs(60));
         let (k1, c1) = client();
         let (k2, c2) = client();
         cache.insert(k1.clone(), c1.clone(), cache.ticket());
@@ -202,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_load_racing_a_clear_is_not_served() {
-        let cache = KeyCache::new(10, Duration::from_secs(60));
+        let cache = ClientCache::new(10, Duration::from_secs(60));
         let (key_id, c) = client();
         let ticket = cache.ticket();
         cache.clear(); // everything is dropped while the read is in flight
@@ -217,7 +248,7 @@ mod tests {
     #[test]
     fn an_entry_ages_from_the_start_of_its_read() {
         let ttl = Duration::from_secs(60);
-        let cache = KeyCache::new(10, ttl);
+        let cache = ClientCache::new(10, ttl);
         let (key_id, c) = client();
         // A read that started a TTL ago (a slow query) answers with data already too old.
         let mut ticket = cache.ticket();
@@ -228,7 +259,7 @@ mod tests {
 
     #[test]
     fn entries_expire_after_the_ttl() {
-        let cache = KeyCache::new(10, Duration::ZERO);
+        let cache = ClientCache::new(10, Duration::ZERO);
         let (key_id, c) = client();
         cache.insert(key_id.clone(), c, cache.ticket());
         assert!(cache.get(&key_id).is_none());

@@ -1,5 +1,6 @@
 //! The HTTP edge (axum only): routes, extractors, error shapes, request metrics. No SQL,
-//! hashing or business rules here: handlers call `admin`, `verifier`, `token` and `limiter`.
+//! hashing or business rules here: each handler extracts, makes one call to `service` and
+//! shapes the answer.
 
 mod admin;
 mod error;
@@ -7,6 +8,7 @@ mod extract;
 mod openapi;
 mod ops;
 mod relay;
+pub mod state;
 mod token;
 mod verify;
 
@@ -14,7 +16,6 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
@@ -22,10 +23,9 @@ pub use admin::{AuditListResponse, ClientListResponse, ClientResponse, ClientWit
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use relay::Relay;
+pub use state::{AppState, Shared};
 pub use verify::VerifyResponse;
 
-use crate::app::AppState;
-use crate::domain::rate_limit::Decision;
 use crate::metrics::HttpLabels;
 
 /// Bodies of the service's own endpoints are capped at 64 KiB.
@@ -34,6 +34,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops::routes())
+        .merge(openapi::routes())
         .merge(admin::routes())
         .merge(verify::routes())
         .merge(token::routes())
@@ -54,29 +55,9 @@ async fn problem_for_bare_errors(response: Response) -> Response {
     if response.extensions().get::<relay::RelayRoute>().is_some() {
         return response;
     }
-    fill_bare_error(response, |status| {
-        ApiError::new(status, status.canonical_reason().unwrap_or("error")).into_response()
+    error::fill_bare_error(response, |status| {
+        ApiError::of_status(status).into_response()
     })
-}
-
-/// Gives a bodiless error response the body (and headers) of `error_for(status)`, keeping its
-/// own headers (`Allow` on a 405); any other response is returned as it is.
-pub(crate) fn fill_bare_error(
-    response: Response,
-    error_for: impl FnOnce(StatusCode) -> Response,
-) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let (error_parts, body) = error_for(status).into_parts();
-    for (name, value) in &error_parts.headers {
-        parts.headers.insert(name, value.clone());
-    }
-    Response::from_parts(parts, body)
 }
 
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -120,20 +101,4 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
-}
-
-/// The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-10) for a decision.
-pub(crate) fn rate_limit_headers(d: &Decision) -> [(HeaderName, HeaderValue); 2] {
-    let policy = format!("\"default\";q={};w=60", d.limit);
-    let state = format!("\"default\";r={};t={}", d.remaining, d.reset_seconds);
-    [
-        (
-            HeaderName::from_static("ratelimit-policy"),
-            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("")),
-        ),
-        (
-            HeaderName::from_static("ratelimit"),
-            HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
-        ),
-    ]
 }

@@ -1,28 +1,28 @@
-//! egregore-relay: API keys, verification and administration in front of the Egregore chat
-//! backend.
+//! egregore-relay: API keys, access tokens, verification and administration in front of the
+//! Egregore chat backend.
 //!
-//! A tour: `domain` holds the rules (key format, client validation, rate-limit arithmetic)
-//! and does no I/O; `storage` keeps clients in SQLite or PostgreSQL behind one `Store` trait;
-//! `verifier` turns a presented key into a client through the `cache`; `admin` is the set of
-//! client operations shared by the HTTP admin API and the command line; `limiter` keeps
-//! rate-limit state; `http` is the axum edge; `server` accepts connections and bounds them;
-//! `app` wires it all and serves; `cli` and
-//! `config` are the command line.
+//! A tour, from the top floor down (each layer imports only those below it):
+//! - `cli` is the `relay` command line and `config` its settings, validated once;
+//! - `app` builds the services and background tasks and serves them with `server`, which
+//!   accepts connections and bounds them;
+//! - `http` is the axum edge: routes, extractors, the one place status codes are chosen, and
+//!   the relay that forwards to the upstream;
+//! - `service` holds what `http` and `cli` share: the credential gate (`service::auth`),
+//!   client administration, token exchange, signing keys, adopted legacy keys, use batching;
+//! - `cache` keeps clients in memory and follows the change log; `limiter` keeps rate-limit
+//!   state; `metrics` counts for `/metrics`;
+//! - `storage` is SQL only, SQLite and PostgreSQL behind one `Store` trait;
+//! - `domain` holds the rules (keys, clients, scopes, tokens, addresses, rate-limit
+//!   arithmetic) and does no I/O.
 
-pub mod admin;
 pub mod app;
 pub mod cache;
-pub mod change_feed;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
-pub mod keyring;
-pub mod legacy;
 pub mod limiter;
 pub mod metrics;
 pub mod server;
+pub mod service;
 pub mod storage;
-pub mod token;
-pub mod usage;
-pub mod verifier;

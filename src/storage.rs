@@ -43,6 +43,18 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// What a service can act on: an unreachable database is `Unavailable` (503), anything else
+/// `Internal` (500, the detail logged). Unique violations are not input errors here: the
+/// identifiers that could collide are generated.
+impl From<Error> for crate::domain::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unavailable(source) => crate::domain::Error::Unavailable(Box::new(source)),
+            other => crate::domain::Error::internal(other),
+        }
+    }
+}
+
 /// Where a page of clients starts: strictly after this `(created_at, row id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientCursor {

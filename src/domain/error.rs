@@ -1,7 +1,10 @@
-//! What a caller of the domain can act on. The HTTP layer maps each variant to a status in
-//! one place (`http::error`).
+//! What a caller of the services can act on. The HTTP layer maps each variant to a status in
+//! one place (`http::error`); storage turns its own errors into these (`Unavailable`,
+//! `Internal`), so nothing above it knows SQL.
 
 use serde::Serialize;
+
+use super::rate_limit::Decision;
 
 /// One field-level validation message; `pointer` is a JSON Pointer (RFC 6901) into the body
 /// or the query parameter's name.
@@ -20,6 +23,9 @@ impl FieldError {
     }
 }
 
+/// Something that went wrong inside the service: logged, never shown.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid input")]
@@ -30,19 +36,37 @@ pub enum Error {
     Unauthenticated,
     #[error("the credential lacks scope {0}")]
     Forbidden(String),
-    #[error("rate limited; retry after {retry_after_seconds} s")]
+    /// The caller's address has failed authentication too often.
+    #[error("too many failed authentications; retry after {retry_after_seconds} s")]
     RateLimited { retry_after_seconds: u64 },
+    /// The client's own rate limit is spent.
+    #[error("rate limit exceeded")]
+    OverLimit(Decision),
+    /// A token was asked for a scope the client does not hold.
+    #[error("the client does not hold every scope requested")]
+    InvalidScope,
     /// The work this request needs is over its bound for now (legacy-key bcrypt checks).
     #[error("busy; retry after {retry_after_seconds} s")]
     Busy { retry_after_seconds: u64 },
-    #[error("storage failed")]
-    Storage(#[from] crate::storage::Error),
-    #[error("the operating system's random number generator failed")]
-    Randomness(#[from] getrandom::Error),
+    /// A store the request needs does not answer.
+    #[error("a store is unavailable")]
+    Unavailable(#[source] Source),
+    #[error("internal error")]
+    Internal(#[source] Source),
 }
 
 impl Error {
     pub fn invalid(pointer: &str, detail: impl Into<String>) -> Self {
         Error::Invalid(vec![FieldError::new(pointer, detail)])
+    }
+
+    pub fn internal(source: impl Into<Source>) -> Self {
+        Error::Internal(source.into())
+    }
+}
+
+impl From<getrandom::Error> for Error {
+    fn from(e: getrandom::Error) -> Self {
+        Error::internal(e)
     }
 }

@@ -13,11 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Problem};
 use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, OptionalJson};
-use crate::admin::{AuditRequest, ListRequest};
-use crate::app::AppState;
+use super::state::AppState;
 use crate::domain;
 use crate::domain::audit::AuditEvent;
 use crate::domain::client::{Client, ClientChanges, ClientDraft, ClientId};
+use crate::service::admin::{AuditRequest, ListRequest};
 
 type Admin = Authorized<AdminScope>;
 

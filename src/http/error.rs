@@ -1,10 +1,12 @@
-//! Errors at the edge: problem+json (RFC 9457) for every endpoint. Status codes are chosen
-//! here and nowhere else; internal detail is logged once and never sent.
+//! Errors at the edge: problem+json (RFC 9457) for every endpoint, the OAuth 2.0 error object
+//! for `/v1/token` and `/v1/introspect`. Status codes are chosen here and nowhere else;
+//! internal detail is logged once and never sent.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::rate_limit::Decision;
 use crate::domain::{self, FieldError};
 
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -16,6 +18,8 @@ pub struct ApiError {
     problem_type: &'static str,
     errors: Vec<FieldError>,
     retry_after: Option<u64>,
+    /// The client's allowance, for the RateLimit headers of a 429.
+    rate_limit: Option<Decision>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -39,6 +43,7 @@ impl ApiError {
             problem_type: "about:blank",
             errors: Vec::new(),
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -57,9 +62,96 @@ impl ApiError {
         }
     }
 
+    pub fn not_found(detail: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub fn payload_too_large() -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than 64 KiB",
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        )
+    }
+
+    /// A bodiless error (axum's 404 or 405) as a problem.
+    pub fn of_status(status: StatusCode) -> Self {
+        ApiError::new(status, status.canonical_reason().unwrap_or("error"))
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
+}
+
+/// Why the relay could not answer with the upstream's response.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamError {
+    /// Not reachable, or the request failed on the way.
+    Failed,
+    /// No response head within the route's timeout.
+    Timeout,
+    /// The request target cannot be written as an upstream URI.
+    BadTarget,
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Failed => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
+            }
+            UpstreamError::Timeout => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time",
+            ),
+            UpstreamError::BadTarget => {
+                ApiError::bad_request("the request target cannot be forwarded", Vec::new())
+            }
+        }
+    }
+}
+
+/// The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-10) for a decision.
+pub fn rate_limit_headers(d: &Decision) -> [(HeaderName, HeaderValue); 2] {
+    let policy = format!("\"default\";q={};w=60", d.limit);
+    let state = format!("\"default\";r={};t={}", d.remaining, d.reset_seconds);
+    [
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("")),
+        ),
+        (
+            HeaderName::from_static("ratelimit"),
+            HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
+        ),
+    ]
+}
+
+/// Gives a bodiless error response the body (and headers) of `error_for(status)`, keeping its
+/// own headers (`Allow` on a 405); any other response is returned as it is.
+pub fn fill_bare_error(
+    response: Response,
+    error_for: impl FnOnce(StatusCode) -> Response,
+) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let (error_parts, body) = error_for(status).into_parts();
+    for (name, value) in &error_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 impl From<domain::Error> for ApiError {
@@ -87,7 +179,14 @@ impl From<domain::Error> for ApiError {
             ),
             E::RateLimited {
                 retry_after_seconds,
-            } => ApiError::rate_limited(retry_after_seconds, "rate limit exceeded"),
+            } => ApiError::rate_limited(retry_after_seconds, "too many failed authentications"),
+            E::OverLimit(decision) => ApiError {
+                rate_limit: Some(decision),
+                ..ApiError::rate_limited(decision.retry_after_seconds, "rate limit exceeded")
+            },
+            E::InvalidScope => {
+                ApiError::bad_request("the client does not hold every scope requested", Vec::new())
+            }
             E::Busy {
                 retry_after_seconds,
             } => ApiError {
@@ -97,15 +196,15 @@ impl From<domain::Error> for ApiError {
                     "the key cannot be checked now; try again later",
                 )
             },
-            E::Storage(crate::storage::Error::Unavailable(source)) => {
+            E::Unavailable(source) => {
                 tracing::error!(error = %source, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the database is unavailable",
                 )
             }
-            other => {
-                tracing::error!(error = ?other, "internal error");
+            E::Internal(source) => {
+                tracing::error!(error = %source, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         }
@@ -133,6 +232,9 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(decision) = &self.rate_limit {
+            headers.extend(rate_limit_headers(decision));
+        }
         response
     }
 }
@@ -146,6 +248,7 @@ pub struct OAuthError {
     /// The `WWW-Authenticate` scheme of a 401: the one the client tried.
     challenge: &'static str,
     retry_after: Option<u64>,
+    rate_limit: Option<Decision>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -162,7 +265,29 @@ impl OAuthError {
             description: description.into(),
             challenge: "Bearer",
             retry_after: None,
+            rate_limit: None,
         }
+    }
+
+    /// The scheme a 401 challenges with: the one the client tried (`Basic` or `Bearer`).
+    pub fn challenging(self, challenge: &'static str) -> Self {
+        OAuthError { challenge, ..self }
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        OAuthError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send application/x-www-form-urlencoded or application/json",
+        )
+    }
+
+    pub fn unsupported_grant_type() -> Self {
+        OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        )
     }
 
     pub fn invalid_request(description: impl Into<String>) -> Self {
@@ -214,7 +339,19 @@ impl From<domain::Error> for OAuthError {
             ),
             domain::Error::RateLimited {
                 retry_after_seconds,
-            } => OAuthError::too_many_requests(retry_after_seconds, "too many requests"),
+            } => OAuthError::too_many_requests(
+                retry_after_seconds,
+                "too many failed authentications",
+            ),
+            domain::Error::OverLimit(decision) => OAuthError {
+                rate_limit: Some(decision),
+                ..OAuthError::too_many_requests(decision.retry_after_seconds, "rate limit exceeded")
+            },
+            domain::Error::InvalidScope => OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "the client does not hold every scope requested",
+            ),
             domain::Error::Busy {
                 retry_after_seconds,
             } => OAuthError {
@@ -258,6 +395,9 @@ impl IntoResponse for OAuthError {
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(decision) = &self.rate_limit {
+            headers.extend(rate_limit_headers(decision));
         }
         response
     }

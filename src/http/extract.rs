@@ -12,9 +12,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::app::AppState;
+use super::state::AppState;
 use crate::domain::audit::Actor;
 use crate::domain::{self, FieldError, scope};
+use crate::service::auth::{Accepts, Credential};
 
 /// A JSON body: `application/json` (or `+json`) required, unknown fields refused by the DTO.
 pub struct ApiJson<T>(pub T);
@@ -47,10 +48,7 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
         .await
         .map_err(|e: BytesRejection| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the body is larger than 64 KiB",
-                )
+                ApiError::payload_too_large()
             } else {
                 ApiError::bad_request("the body could not be read", Vec::new())
             }
@@ -122,19 +120,12 @@ fn safe_message(message: &str) -> String {
     format!("{what}{after_name}")
 }
 
-fn unsupported_media_type() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "the body must be application/json",
-    )
-}
-
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers()) {
-            return Err(unsupported_media_type());
+            return Err(ApiError::unsupported_media_type());
         }
         let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
@@ -151,7 +142,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             return Ok(OptionalJson(T::default()));
         }
         if !json {
-            return Err(unsupported_media_type());
+            return Err(ApiError::unsupported_media_type());
         }
         parse_json(&bytes).map(OptionalJson)
     }
@@ -207,14 +198,15 @@ impl FromRequestParts<AppState> for ClientAddr {
 
 /// The credential of a request: `Authorization: Bearer` wins over `X-API-Key`; an
 /// `Authorization` header of any other form is an invalid credential, with no fallback.
-pub fn credential(headers: &HeaderMap) -> Option<&str> {
+pub fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim())
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .map(Credential::Bearer);
     }
     headers
         .get("x-api-key")?
@@ -222,6 +214,7 @@ pub fn credential(headers: &HeaderMap) -> Option<&str> {
         .ok()
         .map(str::trim)
         .filter(|t| !t.is_empty())
+        .map(Credential::ApiKey)
 }
 
 /// The scope an endpoint needs; `admin` passes everywhere.
@@ -239,8 +232,8 @@ impl RequiredScope for VerifyScope {
     const SCOPE: &'static str = scope::KEYS_VERIFY;
 }
 
-/// A caller whose credential holds scope `S`. Failed attempts count against the caller's
-/// address, which is refused with 429 once it has failed too often.
+/// A caller whose credential (the admin token or an API key) holds scope `S`, checked at the
+/// gate: failed attempts count against the caller's address.
 pub struct Authorized<S> {
     pub actor: Actor,
     scope: PhantomData<S>,
@@ -261,10 +254,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
     }
 }
 
-/// Checks the request's credential for `scope`, counting failures against the caller's
-/// address. An address that has failed too often is still served with a valid credential
-/// (many callers may share it behind NAT or a proxy), but its failures are answered 429 and
-/// it gets no bcrypt work.
+/// Checks the request's credential for `scope` at the gate.
 pub async fn authorize(
     parts: &mut Parts,
     state: &AppState,
@@ -272,31 +262,16 @@ pub async fn authorize(
 ) -> Result<Actor, domain::Error> {
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
     let now = domain::now();
-    let blocked = state.failed_auth.blocked_for(addr, now);
-    let result = match credential(&parts.headers) {
-        Some(credential) => state.verifier.authorize(credential, scope, addr, now).await,
-        None => Err(domain::Error::Unauthenticated),
-    };
-    match result {
-        Err(domain::Error::Unauthenticated) => Err(failed_authentication(state, addr, blocked)),
-        other => other,
-    }
-}
-
-/// Records a failed authentication from `addr`: the error to answer is 401, or 429 when the
-/// address was already over its budget (`blocked`: seconds until its window ends).
-pub fn failed_authentication(
-    state: &AppState,
-    addr: IpAddr,
-    blocked: Option<u64>,
-) -> domain::Error {
-    state.failed_auth.record_failure(addr, domain::now());
-    match blocked {
-        Some(retry_after_seconds) => domain::Error::RateLimited {
-            retry_after_seconds,
-        },
-        None => domain::Error::Unauthenticated,
-    }
+    let caller = state
+        .gate
+        .authenticate(
+            credential(&parts.headers),
+            Accepts::AdminTokenOrKey,
+            addr,
+            now,
+        )
+        .await?;
+    state.gate.authorize(&caller, scope, now)
 }
 
 #[cfg(test)]
@@ -312,28 +287,36 @@ mod tests {
         h
     }
 
+    fn shown(headers: &HeaderMap) -> Option<String> {
+        credential(headers).map(|c| match c {
+            Credential::ApiKey(k) => format!("key {k}"),
+            Credential::Bearer(b) => format!("bearer {b}"),
+        })
+    }
+
     #[test]
     fn authorization_wins_over_x_api_key_without_fallback() {
-        assert_eq!(credential(&headers(&[("x-api-key", "k")])), Some("k"));
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(shown(&headers(&[("x-api-key", "k")])), some("key k"));
         assert_eq!(
-            credential(&headers(&[
+            shown(&headers(&[
                 ("authorization", "Bearer a"),
                 ("x-api-key", "k")
             ])),
-            Some("a")
+            some("bearer a")
         );
         assert_eq!(
-            credential(&headers(&[
+            shown(&headers(&[
                 ("authorization", "Basic a"),
                 ("x-api-key", "k")
             ])),
             None
         );
         assert_eq!(
-            credential(&headers(&[("authorization", "bearer a")])),
-            Some("a")
+            shown(&headers(&[("authorization", "bearer a")])),
+            some("bearer a")
         );
-        assert_eq!(credential(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(shown(&headers(&[("authorization", "Bearer ")])), None);
     }
 
     #[test]

@@ -1,7 +1,23 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types,
+//! and the route that serves it.
 
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+
+use super::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi))
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(document())
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -10,7 +26,7 @@ use utoipa::{Modify, OpenApi};
         super::ops::health,
         super::ops::readiness,
         super::ops::metrics,
-        super::ops::openapi,
+        openapi,
         super::admin::create_client,
         super::admin::list_clients,
         super::admin::get_client,

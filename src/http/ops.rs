@@ -1,5 +1,4 @@
-//! Operational endpoints, no authentication: liveness, readiness, metrics, the OpenAPI
-//! document.
+//! Operational endpoints, no authentication: liveness, readiness, metrics.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -9,14 +8,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use super::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(readiness))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -32,15 +30,10 @@ pub async fn health() -> Json<Status> {
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Status), (status = 503, body = Status)))]
 pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
-    let unavailable = |status| (StatusCode::SERVICE_UNAVAILABLE, Json(Status { status }));
-    if let Err(e) = state.store.ping().await {
-        tracing::warn!(error = %e, "readiness check: database unreachable");
-        return unavailable("database unavailable");
+    match state.health.check().await {
+        Ok(()) => (StatusCode::OK, Json(Status { status: "ok" })),
+        Err(status) => (StatusCode::SERVICE_UNAVAILABLE, Json(Status { status })),
     }
-    if !state.limiter.ready().await {
-        return unavailable("redis unavailable");
-    }
-    (StatusCode::OK, Json(Status { status: "ok" }))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",
@@ -53,10 +46,4 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
-}
-
-#[utoipa::path(get, path = "/openapi.json", tag = "ops",
-    responses((status = 200, description = "This document", content_type = "application/json")))]
-pub async fn openapi() -> impl IntoResponse {
-    Json(super::openapi::document())
 }

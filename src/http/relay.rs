@@ -1,30 +1,27 @@
-//! The relay routes: authenticate (API key or access token), check the route's scope, count
-//! the request against the client's rate limit, then forward it to the upstream, streaming the
-//! bodies both ways. Unmatched paths fall through to a 404.
+//! The relay routes: at the gate, authenticate (API key or access token) and admit (the
+//! route's scope, one request from the client's rate limit); then forward the request to the
+//! upstream, streaming the bodies both ways. Unmatched paths fall through to a 404.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::Uri;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::error::ApiError;
-use super::extract::{ClientAddr, credential, failed_authentication};
-use super::rate_limit_headers;
-use crate::app::AppState;
+use super::error::{ApiError, UpstreamError, rate_limit_headers};
+use super::extract::{ClientAddr, credential};
+use super::state::AppState;
 use crate::config::UpstreamTimeouts;
-use crate::domain::client::Client;
 use crate::domain::route::{Route, RouteTable, UnsafePath, canonical_path};
-use crate::domain::{self, address, api_key};
-use crate::verifier::KeyCheck;
+use crate::domain::{self, address};
+use crate::service::auth::{Accepts, Caller};
 
 /// The configured routes and the pooled client that forwards to them.
 pub struct Relay {
@@ -87,63 +84,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The caller of a relay route: the client and the scopes its credential grants now.
-struct Caller {
-    client: Arc<Client>,
-    scopes: Vec<String>,
-}
-
-/// Authenticates with an API key (`X-API-Key`, or a Bearer credential in the key format) or
-/// an access token (any other Bearer credential).
-async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    addr: IpAddr,
-) -> Result<Caller, ApiError> {
-    let now = domain::now();
-    let blocked = state.failed_auth.blocked_for(addr, now);
-    let caller = match credential(headers) {
-        None => None,
-        Some(key)
-            if key.starts_with(api_key::PREFIX) || !headers.contains_key(header::AUTHORIZATION) =>
-        {
-            match state.verifier.check_key(key, addr, now).await? {
-                KeyCheck::Valid(client) => Some(Caller {
-                    scopes: client.scopes.clone(),
-                    client,
-                }),
-                _ => None,
-            }
-        }
-        Some(token) => match state
-            .tokens
-            .accept(token, now)
-            .await
-            .map_err(domain::Error::from)?
-        {
-            Ok(accepted) => Some(Caller {
-                client: accepted.client,
-                scopes: accepted.scopes,
-            }),
-            Err(_) => None,
-        },
-    };
-    match caller {
-        Some(caller) => {
-            state.verifier.record_use(&caller.client, now);
-            Ok(caller)
-        }
-        None => Err(failed_authentication(state, addr, blocked).into()),
-    }
-}
-
 /// The fallback handler: a relay route if one matches, else 404. Routes are matched on the
 /// canonical path (see `domain::route::canonical_path`), and that is what is forwarded; a
 /// path without a safe canonical form is a 400.
 pub async fn relay_or_not_found(State(state): State<AppState>, req: Request) -> Response {
     let routes = &state.relay.routes;
     if routes.is_empty() {
-        return ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response();
+        return ApiError::not_found("no such route").into_response();
     }
     let path = match canonical_path(req.uri().path()) {
         Ok(path) => path.into_owned(),
@@ -152,7 +99,7 @@ pub async fn relay_or_not_found(State(state): State<AppState>, req: Request) -> 
         }
     };
     let Some(route) = routes.find(&path) else {
-        return ApiError::new(StatusCode::NOT_FOUND, "no such route").into_response();
+        return ApiError::not_found("no such route").into_response();
     };
     let route = route.clone();
     let label = RelayRoute(route.prefix.clone());
@@ -171,27 +118,23 @@ async fn relay(
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(&mut parts, state).await;
-    let caller = authenticate(state, &parts.headers, addr).await?;
-    if !caller.scopes.contains(&route.scope) {
-        return Err(domain::Error::Forbidden(route.scope.clone()).into());
-    }
     let now = domain::now();
-    let decision = state
-        .limiter
-        .acquire(
-            &caller.client.client_id,
-            caller.client.effective_rate_limit(),
-            now,
-        )
-        .await;
-    if !decision.allowed {
-        state.metrics.observe_relay_rate_limited(&route.prefix);
-        let mut response =
-            ApiError::rate_limited(decision.retry_after_seconds, "rate limit exceeded")
-                .into_response();
-        response.headers_mut().extend(rate_limit_headers(&decision));
-        return Ok(response);
-    }
+    let gate = &state.gate;
+    let caller = gate
+        .authenticate(credential(&parts.headers), Accepts::KeyOrToken, addr, now)
+        .await?;
+    let decision = match gate.admit(&caller, Some(&route.scope), now).await {
+        Ok(decision) => decision,
+        Err(e) => {
+            if matches!(e, domain::Error::OverLimit(_)) {
+                state.metrics.observe_relay_rate_limited(&route.prefix);
+            }
+            return Err(e.into());
+        }
+    };
+    let Caller::Client { client, scopes } = caller else {
+        return Err(domain::Error::Unauthenticated.into());
+    };
 
     let request_id = request_id(&parts.headers, &state.relay.request_ids);
     let peer = parts
@@ -203,21 +146,15 @@ async fn relay(
     let peer_trusted = peer.is_some_and(|p| state.trusted_proxies.contains(p));
     strip_spoofable(&mut headers, peer_trusted);
     forwarded_for(&mut headers, peer, peer_trusted);
-    insert(
-        &mut headers,
-        X_RELAY_CLIENT_ID,
-        caller.client.client_id.as_str(),
-    );
-    insert(&mut headers, X_RELAY_SCOPES, &caller.scopes.join(" "));
+    insert(&mut headers, X_RELAY_CLIENT_ID, client.client_id.as_str());
+    insert(&mut headers, X_RELAY_SCOPES, &scopes.join(" "));
     insert(&mut headers, X_REQUEST_ID, &request_id);
 
     let uri = match parts.uri.query() {
         Some(query) => format!("{}{path}?{query}", route.upstream),
         None => format!("{}{path}", route.upstream),
     };
-    let uri: Uri = uri
-        .parse()
-        .map_err(|_| ApiError::bad_request("the request target cannot be forwarded", Vec::new()))?;
+    let uri: Uri = uri.parse().map_err(|_| UpstreamError::BadTarget)?;
     let mut upstream_request = axum::http::Request::from_parts(parts, body);
     *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = headers;
@@ -235,19 +172,13 @@ async fn relay(
             };
             state.metrics.observe_upstream_error(&route.prefix, kind);
             tracing::warn!(route = %route.prefix, error = %e, "upstream request failed");
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "the upstream could not be reached",
-            ));
+            return Err(UpstreamError::Failed.into());
         }
         Err(_) => {
             state
                 .metrics
                 .observe_upstream_error(&route.prefix, "timeout");
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-            ));
+            return Err(UpstreamError::Timeout.into());
         }
     };
     state

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
@@ -16,13 +16,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::error::{OAuthError, OAuthErrorBody};
-use super::extract::{ClientAddr, authorize, failed_authentication};
-use super::rate_limit_headers;
-use crate::app::AppState;
+use super::error::{OAuthError, OAuthErrorBody, fill_bare_error, rate_limit_headers};
+use super::extract::{ClientAddr, authorize};
+use super::state::AppState;
 use crate::domain::{self, scope};
-use crate::token::ExchangeError;
-use crate::verifier::KeyCheck;
+use crate::service::auth::Credential;
+use crate::service::token::{ClientCredentials, Introspection};
 
 pub fn routes() -> Router<AppState> {
     let oauth = Router::new()
@@ -40,7 +39,7 @@ pub fn routes() -> Router<AppState> {
 
 /// A 405 (with `Allow`) or other bodiless error from these routes, in the OAuth shape.
 async fn oauth_for_bare_errors(response: Response) -> Response {
-    super::fill_bare_error(response, |status| {
+    fill_bare_error(response, |status| {
         OAuthError::from_status(status).into_response()
     })
 }
@@ -91,13 +90,7 @@ impl<S: Send + Sync> FromRequest<S> for OAuthParams {
                     })
                     .collect::<Result<_, _>>()?
             }
-            _ => {
-                return Err(OAuthError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "invalid_request",
-                    "send application/x-www-form-urlencoded or application/json",
-                ));
-            }
+            _ => return Err(OAuthError::unsupported_media_type()),
         };
         let mut params = HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
@@ -148,19 +141,19 @@ impl ClientAuth {
         }
     }
 
-    fn secret(&self) -> &str {
+    /// The key as the gate takes it, with the client id it must belong to.
+    fn credentials(&self) -> ClientCredentials<'_> {
         match self {
-            ClientAuth::Basic { secret, .. } | ClientAuth::Form { secret, .. } => secret,
-            ClientAuth::Header(key) => key,
-        }
-    }
-
-    fn client_id(&self) -> Option<&str> {
-        match self {
-            ClientAuth::Basic { client_id, .. } | ClientAuth::Form { client_id, .. } => {
-                Some(client_id)
+            ClientAuth::Basic { client_id, secret } | ClientAuth::Form { client_id, secret } => {
+                ClientCredentials {
+                    credential: Credential::ApiKey(secret),
+                    client_id: Some(client_id),
+                }
             }
-            ClientAuth::Header(_) => None,
+            ClientAuth::Header(key) => ClientCredentials {
+                credential: Credential::ApiKey(key),
+                client_id: None,
+            },
         }
     }
 
@@ -253,67 +246,18 @@ pub async fn exchange_token(
     headers: HeaderMap,
     params: OAuthParams,
 ) -> Result<Response, OAuthError> {
-    let now = domain::now();
     match params.get("grant_type") {
         None => return Err(OAuthError::invalid_request("grant_type is required")),
         Some("client_credentials") => {}
-        Some(_) => {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only client_credentials is supported",
-            ));
-        }
+        Some(_) => return Err(OAuthError::unsupported_grant_type()),
     }
-    let blocked = state.failed_auth.blocked_for(addr, now);
     let auth = ClientAuth::from_request(&headers, &params)?;
-    let client = match state.verifier.check_key(auth.secret(), addr, now).await? {
-        KeyCheck::Valid(client)
-            if auth
-                .client_id()
-                .is_none_or(|id| id == client.client_id.as_str()) =>
-        {
-            client
-        }
-        _ => {
-            return Err(match failed_authentication(&state, addr, blocked) {
-                domain::Error::RateLimited {
-                    retry_after_seconds,
-                } => OAuthError::too_many_requests(
-                    retry_after_seconds,
-                    "too many failed authentications",
-                ),
-                _ => OAuthError::invalid_client(auth.challenge()),
-            });
-        }
-    };
-    state.verifier.record_use(&client, now);
-    let (issued, decision) = match state
+    let issued = state
         .tokens
-        .exchange(&client, params.get("scope"), now)
+        .exchange(auth.credentials(), params.get("scope"), addr, domain::now())
         .await
-    {
-        Ok(done) => done,
-        Err(ExchangeError::InvalidScope(_)) => {
-            // The scope requested is not named back: it is the client's text.
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                "the client does not hold every scope requested",
-            ));
-        }
-        Err(ExchangeError::RateLimited(decision)) => {
-            let mut response =
-                OAuthError::too_many_requests(decision.retry_after_seconds, "rate limit exceeded")
-                    .into_response();
-            response.headers_mut().extend(rate_limit_headers(&decision));
-            return Ok(response);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "could not issue a token");
-            return Err(OAuthError::from_status(StatusCode::INTERNAL_SERVER_ERROR));
-        }
-    };
+        .map_err(|e| OAuthError::from(e).challenging(auth.challenge()))?;
+    let decision = issued.decision;
     let body = TokenResponse {
         access_token: issued.access_token,
         token_type: "Bearer",
@@ -359,43 +303,36 @@ pub async fn introspect(
     let token = params
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-    let now = domain::now();
-    let details = if token.starts_with(domain::api_key::PREFIX) {
-        match state.verifier.check_key(token, addr, now).await? {
-            KeyCheck::Valid(client) => {
-                let mut details = json!({
-                    "client_id": client.client_id.as_str(),
-                    "sub": client.client_id.as_str(),
-                    "scope": client.scopes.join(" "),
-                    "token_type": "api_key",
-                });
-                if let Some(expires_at) = client.expires_at {
-                    details["exp"] = json!(expires_at.timestamp());
-                }
-                Some(details)
+    let found = state.tokens.introspect(token, addr, domain::now()).await?;
+    let details = match found {
+        Some(Introspection::ApiKey {
+            client_id,
+            scope,
+            exp,
+        }) => {
+            let mut details = json!({
+                "client_id": client_id,
+                "sub": client_id,
+                "scope": scope,
+                "token_type": "api_key",
+            });
+            if let Some(exp) = exp {
+                details["exp"] = json!(exp);
             }
-            _ => None,
+            Some(details)
         }
-    } else {
-        match state
-            .tokens
-            .accept(token, now)
-            .await
-            .map_err(domain::Error::from)?
-        {
-            Ok(accepted) => Some(json!({
-                "client_id": accepted.claims.client_id,
-                "sub": accepted.claims.sub,
-                "scope": accepted.scopes.join(" "),
-                "exp": accepted.claims.exp,
-                "iat": accepted.claims.iat,
-                "iss": accepted.claims.iss,
-                "aud": accepted.claims.aud,
-                "jti": accepted.claims.jti,
-                "token_type": "Bearer",
-            })),
-            Err(_) => None,
-        }
+        Some(Introspection::AccessToken { claims, scope }) => Some(json!({
+            "client_id": claims.client_id,
+            "sub": claims.sub,
+            "scope": scope,
+            "exp": claims.exp,
+            "iat": claims.iat,
+            "iss": claims.iss,
+            "aud": claims.aud,
+            "jti": claims.jti,
+            "token_type": "Bearer",
+        })),
+        None => None,
     };
     let body = match details {
         Some(Value::Object(details)) => IntrospectionResponse {
@@ -435,7 +372,7 @@ impl FromRequestParts<AppState> for IntrospectionCaller {
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],
-        Json(state.tokens.keyring().jwks()),
+        Json(state.tokens.jwks()),
     )
 }
 

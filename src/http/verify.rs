@@ -11,9 +11,9 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Authorized, ClientAddr, VerifyScope};
-use crate::app::AppState;
+use super::state::AppState;
 use crate::domain;
-use crate::verifier::KeyCheck;
+use crate::service::auth::Verification;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/keys/verify", post(verify_key))
@@ -74,28 +74,16 @@ pub async fn verify_key(
     ClientAddr(addr): ClientAddr,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
-    let now = domain::now();
-    let check = state.verifier.check_key(&req.key, addr, now).await?;
-    let invalid = |code: &'static str| {
-        state.metrics.observe_verification(code);
-        Json(VerifyResponse::Invalid(InvalidKey {
-            valid: false,
-            code: code.to_string(),
-        }))
+    let verification = state.gate.verify(&req.key, addr, domain::now()).await?;
+    let (client, decision) = match verification {
+        Verification::Valid { client, decision } => (client, decision),
+        Verification::Invalid(code) => {
+            return Ok(Json(VerifyResponse::Invalid(InvalidKey {
+                valid: false,
+                code: code.to_string(),
+            })));
+        }
     };
-    let client = match check {
-        KeyCheck::Valid(client) => client,
-        other => return Ok(invalid(other.code())),
-    };
-    let decision = state
-        .limiter
-        .acquire(&client.client_id, client.effective_rate_limit(), now)
-        .await;
-    if !decision.allowed {
-        return Ok(invalid("RATE_LIMITED"));
-    }
-    state.metrics.observe_verification("VALID");
-    state.verifier.record_use(&client, now);
     Ok(Json(VerifyResponse::Valid(ValidKey {
         valid: true,
         client_id: client.client_id.to_string(),

@@ -662,14 +662,13 @@ async fn every_kind_of_bad_token_is_refused() {
 
 /// Rotates the signing key as `relay signing-keys rotate` does (no seal).
 async fn rotate(app: &TestApp) -> egregore_relay::domain::signing_key::SigningKey {
-    egregore_relay::token::rotate_signing_key(
-        app.store.as_ref(),
-        None,
-        &egregore_relay::domain::audit::Actor::Cli,
-        egregore_relay::domain::now(),
-    )
-    .await
-    .unwrap()
+    egregore_relay::service::keyring::SigningKeys::new(app.store.clone(), None)
+        .rotate(
+            &egregore_relay::domain::audit::Actor::Cli,
+            egregore_relay::domain::now(),
+        )
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

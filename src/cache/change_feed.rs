@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::KeyCache;
+use super::ClientCache;
 use crate::storage::{self, Store};
 
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
@@ -18,7 +18,7 @@ const MAX_GAPS: i64 = 1000;
 
 pub struct ChangeFeed {
     store: Arc<dyn Store>,
-    cache: KeyCache,
+    cache: ClientCache,
     last: i64,
     gaps: BTreeMap<i64, Instant>,
 }
@@ -26,7 +26,7 @@ pub struct ChangeFeed {
 impl ChangeFeed {
     /// Starts after the newest change: everything older is already reflected in the store,
     /// and this process has cached nothing yet.
-    pub async fn start(store: Arc<dyn Store>, cache: KeyCache) -> Result<Self, storage::Error> {
+    pub async fn start(store: Arc<dyn Store>, cache: ClientCache) -> Result<Self, storage::Error> {
         let last = store.latest_change().await?;
         Ok(ChangeFeed {
             store,

@@ -1,12 +1,13 @@
 //! Client administration: the operations behind the admin API and the `relay clients`
 //! commands. Each change is validated by the domain, written with its audit event in one
-//! transaction, and drops the client's cached entries before it returns.
+//! transaction, and drops the client's cached entries before it returns (other processes,
+//! the CLI among them, learn of it from the change log).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::cache::KeyCache;
+use crate::cache::ClientCache;
 use crate::domain::Error;
 use crate::domain::api_key::{self, PlainKey};
 use crate::domain::audit::{Action, Actor, AuditEvent, NewAuditEvent};
@@ -42,12 +43,19 @@ pub struct Page<T> {
 
 pub struct ClientAdmin {
     store: Arc<dyn Store>,
-    cache: KeyCache,
+    /// The serving process's cache; the CLI has none.
+    cache: Option<ClientCache>,
 }
 
 impl ClientAdmin {
-    pub fn new(store: Arc<dyn Store>, cache: KeyCache) -> Self {
+    pub fn new(store: Arc<dyn Store>, cache: Option<ClientCache>) -> Self {
         ClientAdmin { store, cache }
+    }
+
+    fn invalidate(&self, id: &ClientId) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(id);
+        }
     }
 
     pub async fn create(
@@ -174,7 +182,7 @@ impl ClientAdmin {
             .update_client(id, &edit)
             .await?
             .ok_or(Error::NotFound)?;
-        self.cache.invalidate(id);
+        self.invalidate(id);
         Ok(client)
     }
 
@@ -199,7 +207,7 @@ impl ClientAdmin {
             .update_client(id, &edit)
             .await?
             .ok_or(Error::NotFound)?;
-        self.cache.invalidate(id);
+        self.invalidate(id);
         Ok((client, key.plain))
     }
 
@@ -215,7 +223,7 @@ impl ClientAdmin {
             .delete_client(id, &audit)
             .await?
             .ok_or(Error::NotFound)?;
-        self.cache.invalidate(id);
+        self.invalidate(id);
         Ok(())
     }
 

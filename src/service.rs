@@ -1,0 +1,13 @@
+//! What the HTTP edge and the command line share: the operations, with no axum and no SQL.
+//! `auth` is the one credential gate (who is calling, what may they do); `admin` manages
+//! clients; `token` exchanges keys for access tokens and introspects them; `keyring` holds the
+//! token-signing keys; `legacy_key` finds keys adopted from the original service; `usage`
+//! batches `last_used_at`.
+
+pub mod admin;
+pub mod auth;
+pub mod health;
+pub mod keyring;
+pub mod legacy_key;
+pub mod token;
+pub mod usage;

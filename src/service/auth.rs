@@ -1,0 +1,461 @@
+//! The one credential gate. `authenticate` turns what a request presents into a `Caller`:
+//! the failed-authentication guard of its address first, then the admin token, an API key
+//! (parse and checksum, the client cache, one indexed lookup, or the bounded bcrypt path of a
+//! key adopted from the original service) or an access token (signature, claims, the client
+//! still standing behind it), then the accounting: a failure is charged to the address, a
+//! success noted for `last_used_at`. `authorize` and `admit` decide what a caller may do:
+//! its scope, and one request from its client's rate limit. Every endpoint that takes a
+//! credential goes through here; verification and introspection check keys here too.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::keyring::KeyRing;
+use super::legacy_key::{LegacyKeys, LegacyMatch};
+use super::usage::UsageRecorder;
+use crate::cache::{CacheKey, ClientCache};
+use crate::domain::access_token::{self, Claims, TokenSettings};
+use crate::domain::api_key::{self, KeyHash};
+use crate::domain::audit::Actor;
+use crate::domain::client::{Client, ClientId, ClientStatus};
+use crate::domain::rate_limit::Decision;
+use crate::domain::{Error, scope};
+use crate::limiter::{FailedAuthLimiter, RateLimiter};
+use crate::metrics::Metrics;
+use crate::storage::Store;
+
+/// What a request presents as its credential, as it presented it.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// `X-API-Key`, or a client secret (HTTP Basic or form): an API key, whatever it looks like.
+    ApiKey(&'a str),
+    /// `Authorization: Bearer`: an API key, the admin token or an access token, told apart by
+    /// format and by what the endpoint accepts.
+    Bearer(&'a str),
+}
+
+/// Which credentials count where they are presented (see the contract's "Presenting
+/// credentials").
+#[derive(Clone, Copy)]
+pub enum Accepts<'a> {
+    /// The admin API, verification and introspection: the admin token or an API key.
+    AdminTokenOrKey,
+    /// The relay routes: an API key or an access token.
+    KeyOrToken,
+    /// The token endpoint: an API key, of the client named when one is (`client_id`).
+    ClientKey { client_id: Option<&'a str> },
+}
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    AdminToken,
+    Client {
+        client: Arc<Client>,
+        /// What the credential grants now: the client's scopes, or a token's scopes
+        /// intersected with them.
+        scopes: Vec<String>,
+    },
+}
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::AdminToken => Actor::AdminToken,
+            Caller::Client { client, .. } => Actor::Client(client.client_id.clone()),
+        }
+    }
+
+    pub fn client(&self) -> Option<&Arc<Client>> {
+        match self {
+            Caller::AdminToken => None,
+            Caller::Client { client, .. } => Some(client),
+        }
+    }
+
+    fn holds(&self, scope: &str) -> bool {
+        match self {
+            Caller::AdminToken => true,
+            Caller::Client { scopes, .. } => scopes.iter().any(|s| s == scope),
+        }
+    }
+}
+
+/// The result of checking an API key, in the order verification reports problems.
+#[derive(Debug, Clone)]
+pub enum KeyCheck {
+    Valid(Arc<Client>),
+    NotFound,
+    Disabled,
+    Expired,
+}
+
+impl KeyCheck {
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeyCheck::Valid(_) => "VALID",
+            KeyCheck::NotFound => "NOT_FOUND",
+            KeyCheck::Disabled => "DISABLED",
+            KeyCheck::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// An access token that is good now, with the scopes it grants now.
+#[derive(Debug, Clone)]
+pub struct AcceptedToken {
+    pub claims: Arc<Claims>,
+    pub client: Arc<Client>,
+    pub scopes: Vec<String>,
+}
+
+/// What `verify` says of a key.
+pub enum Verification {
+    /// Valid, and one request was taken from its owner's allowance.
+    Valid {
+        client: Arc<Client>,
+        decision: Decision,
+    },
+    /// Not valid now: `NOT_FOUND`, `DISABLED`, `EXPIRED` or `RATE_LIMITED`.
+    Invalid(&'static str),
+}
+
+/// What the gate needs: the stores it reads, the counters it keeps, and its settings.
+pub struct GateParts {
+    pub store: Arc<dyn Store>,
+    pub cache: ClientCache,
+    pub usage: UsageRecorder,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<SecretString>,
+    pub legacy: LegacyKeys,
+    pub failed_auth: Arc<FailedAuthLimiter>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub keyring: Arc<KeyRing>,
+    pub tokens: TokenSettings,
+}
+
+pub struct Gate {
+    store: Arc<dyn Store>,
+    cache: ClientCache,
+    usage: UsageRecorder,
+    metrics: Arc<Metrics>,
+    /// SHA-256 of `RELAY_ADMIN_TOKEN`, so comparing it takes the same time whatever its length.
+    admin_token: Option<KeyHash>,
+    legacy: LegacyKeys,
+    failed_auth: Arc<FailedAuthLimiter>,
+    limiter: Arc<dyn RateLimiter>,
+    keyring: Arc<KeyRing>,
+    tokens: TokenSettings,
+}
+
+fn status_check(client: Arc<Client>, now: DateTime<Utc>) -> KeyCheck {
+    match client.status(now) {
+        ClientStatus::Disabled => KeyCheck::Disabled,
+        ClientStatus::Expired => KeyCheck::Expired,
+        ClientStatus::Active => KeyCheck::Valid(client),
+    }
+}
+
+impl Gate {
+    pub fn new(parts: GateParts) -> Self {
+        Gate {
+            admin_token: parts
+                .admin_token
+                .as_ref()
+                .map(|t| KeyHash::of(t.expose_secret())),
+            store: parts.store,
+            cache: parts.cache,
+            usage: parts.usage,
+            metrics: parts.metrics,
+            legacy: parts.legacy,
+            failed_auth: parts.failed_auth,
+            limiter: parts.limiter,
+            keyring: parts.keyring,
+            tokens: parts.tokens,
+        }
+    }
+
+    /// Authenticates what a request presents from `peer`. An address that has failed too
+    /// often is still served with a valid credential (many callers may share it behind NAT or
+    /// a proxy), but its failures are answered `RateLimited`, and it gets no bcrypt work.
+    pub async fn authenticate(
+        &self,
+        credential: Option<Credential<'_>>,
+        accepts: Accepts<'_>,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, Error> {
+        let blocked = self.failed_auth.blocked_for(peer, now);
+        let caller = match credential {
+            Some(credential) => self.identify(credential, accepts, peer, now).await?,
+            None => None,
+        };
+        match caller {
+            Some(caller) => {
+                // At the admin endpoints a use counts once the scope is granted (`authorize`).
+                if !matches!(accepts, Accepts::AdminTokenOrKey) {
+                    self.record_use(&caller, now);
+                }
+                Ok(caller)
+            }
+            None => {
+                self.failed_auth.record_failure(peer, now);
+                Err(match blocked {
+                    Some(retry_after_seconds) => Error::RateLimited {
+                        retry_after_seconds,
+                    },
+                    None => Error::Unauthenticated,
+                })
+            }
+        }
+    }
+
+    /// The caller a credential names, or `None` if it names nobody who may call here.
+    async fn identify(
+        &self,
+        credential: Credential<'_>,
+        accepts: Accepts<'_>,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Caller>, Error> {
+        let (value, is_bearer) = match credential {
+            Credential::ApiKey(value) => (value, false),
+            Credential::Bearer(value) => (value, true),
+        };
+        match accepts {
+            Accepts::AdminTokenOrKey => {
+                if self.is_admin_token(value) {
+                    return Ok(Some(Caller::AdminToken));
+                }
+                self.key_caller(value, peer, now).await
+            }
+            Accepts::KeyOrToken if is_bearer && !value.starts_with(api_key::PREFIX) => Ok(self
+                .accept_token(value, now)
+                .await?
+                .map(|t| Caller::Client {
+                    client: t.client,
+                    scopes: t.scopes,
+                })),
+            Accepts::KeyOrToken => self.key_caller(value, peer, now).await,
+            Accepts::ClientKey { client_id } => {
+                let caller = self.key_caller(value, peer, now).await?;
+                Ok(caller.filter(|c| {
+                    let owner = c.client().map(|c| c.client_id.as_str());
+                    client_id.is_none_or(|id| owner == Some(id))
+                }))
+            }
+        }
+    }
+
+    /// Notes a successful use of a client's credential for `last_used_at` (batched).
+    fn record_use(&self, caller: &Caller, now: DateTime<Utc>) {
+        if let Some(client) = caller.client() {
+            self.usage.record(&client.client_id, now);
+        }
+    }
+
+    fn is_admin_token(&self, credential: &str) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|token| token.matches(&KeyHash::of(credential)))
+    }
+
+    async fn key_caller(
+        &self,
+        key: &str,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Caller>, Error> {
+        Ok(match self.check_key(key, peer, now).await? {
+            KeyCheck::Valid(client) => Some(Caller::Client {
+                scopes: client.scopes.clone(),
+                client,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Whether `caller` may use an endpoint needing `scope`: the admin token and clients
+    /// holding `admin` may use every one. Endpoints asking this take no rate limit.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        scope: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<Actor, Error> {
+        if caller.holds(scope::ADMIN) || caller.holds(scope) {
+            self.record_use(caller, now);
+            Ok(caller.actor())
+        } else {
+            Err(Error::Forbidden(scope.to_string()))
+        }
+    }
+
+    /// Lets `caller` make one request needing exactly `scope` (a relay route's; `None` at
+    /// the token endpoint), taken from its client's rate limit.
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        scope: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, Error> {
+        if let Some(scope) = scope.filter(|s| !caller.holds(s)) {
+            return Err(Error::Forbidden(scope.to_string()));
+        }
+        let Some(client) = caller.client() else {
+            return Err(Error::Unauthenticated);
+        };
+        let decision = self
+            .limiter
+            .acquire(&client.client_id, client.effective_rate_limit(), now)
+            .await;
+        if decision.allowed {
+            Ok(decision)
+        } else {
+            Err(Error::OverLimit(decision))
+        }
+    }
+
+    /// `POST /v1/keys/verify`: is `key` valid, and may its owner make a request now? A valid
+    /// verification takes one request from the owner's allowance (never the caller's).
+    pub async fn verify(
+        &self,
+        key: &str,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Verification, Error> {
+        let client = match self.check_key(key, peer, now).await? {
+            KeyCheck::Valid(client) => client,
+            other => {
+                self.metrics.observe_verification(other.code());
+                return Ok(Verification::Invalid(other.code()));
+            }
+        };
+        let decision = self
+            .limiter
+            .acquire(&client.client_id, client.effective_rate_limit(), now)
+            .await;
+        if !decision.allowed {
+            self.metrics.observe_verification("RATE_LIMITED");
+            return Ok(Verification::Invalid("RATE_LIMITED"));
+        }
+        self.metrics.observe_verification("VALID");
+        self.usage.record(&client.client_id, now);
+        Ok(Verification::Valid { client, decision })
+    }
+
+    /// Checks an API key presented from `peer`, without any accounting. A malformed key or
+    /// a bad checksum is `NotFound` without any lookup.
+    pub async fn check_key(
+        &self,
+        key: &str,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<KeyCheck, Error> {
+        if api_key::is_legacy_format(key) {
+            return self.check_legacy_key(key, peer, now).await;
+        }
+        let Some(presented) = api_key::parse(key) else {
+            return Ok(KeyCheck::NotFound);
+        };
+        let key_id = presented.key_id;
+        let lookup = self
+            .cache
+            .get_or_load(CacheKey::Key(key_id), || {
+                self.store.client_by_key_id(&key_id)
+            })
+            .await?;
+        self.metrics.observe_cache(lookup.hit);
+        match lookup.client {
+            Some(client) if client.accepts_key(&presented, now) => Ok(status_check(client, now)),
+            _ => Ok(KeyCheck::NotFound),
+        }
+    }
+
+    /// A key of the original service: by its SHA-256 once seen, else the bounded bcrypt path.
+    async fn check_legacy_key(
+        &self,
+        key: &str,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<KeyCheck, Error> {
+        let digest = KeyHash::of(key);
+        let lookup = self
+            .cache
+            .get_or_load(CacheKey::LegacyDigest(digest.to_bytes()), || {
+                self.find_legacy_key(key, digest, peer, now)
+            })
+            .await?;
+        self.metrics.observe_cache(lookup.hit);
+        Ok(lookup
+            .client
+            .map_or(KeyCheck::NotFound, |client| status_check(client, now)))
+    }
+
+    /// The adopted client of `key`: one indexed lookup once its digest is recorded; before,
+    /// the bcrypt path, paid for in advance: refused to an address that has failed too often,
+    /// and charged to it as a failure before it starts, so a caller that gives up waiting
+    /// still pays. A caller still here has the charge taken back and is judged by the
+    /// outcome, like any other.
+    async fn find_legacy_key(
+        &self,
+        key: &str,
+        digest: KeyHash,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Client>, Error> {
+        if let Some(client) = self.store.client_by_legacy_digest(&digest).await? {
+            return Ok(Some(client));
+        }
+        if let Some(wait) = self.failed_auth.blocked_for(peer, now) {
+            return Err(Error::RateLimited {
+                retry_after_seconds: wait,
+            });
+        }
+        self.failed_auth.record_failure(peer, now);
+        let found = self.legacy.find(key, digest).await;
+        self.failed_auth.refund(peer);
+        match found? {
+            LegacyMatch::Found(client) => Ok(Some(*client)),
+            LegacyMatch::NotFound => Ok(None),
+            LegacyMatch::Busy {
+                retry_after_seconds,
+            } => Err(Error::Busy {
+                retry_after_seconds,
+            }),
+        }
+    }
+
+    /// Accepts an access token, or `None`: its signature (remembered once checked), its
+    /// claims, and its client still standing behind it, from the cache.
+    pub async fn accept_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AcceptedToken>, Error> {
+        let Ok(claims) = self.keyring.verify(token) else {
+            return Ok(None);
+        };
+        if access_token::check_claims(&claims, &self.tokens, now).is_err() {
+            return Ok(None);
+        }
+        let id = ClientId::new(&claims.client_id);
+        let lookup = self
+            .cache
+            .get_or_load(CacheKey::Client(id.clone()), || self.store.client(&id))
+            .await?;
+        let Some(client) = lookup.client else {
+            return Ok(None);
+        };
+        Ok(access_token::effective_scopes(&claims, &client, now)
+            .ok()
+            .map(|scopes| AcceptedToken {
+                claims,
+                client,
+                scopes,
+            }))
+    }
+}
