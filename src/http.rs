@@ -5,6 +5,7 @@
 mod admin;
 mod error;
 mod extract;
+mod forward;
 mod openapi;
 mod ops;
 mod relay;
@@ -21,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 
 pub use admin::{AuditListResponse, ClientListResponse, ClientResponse, ClientWithKeyResponse};
 pub use error::ApiError;
+pub use forward::Relay;
 pub use openapi::document as openapi_document;
-pub use relay::Relay;
 pub use state::{AppState, Shared};
 pub use verify::VerifyResponse;
 

@@ -2,7 +2,8 @@
 //!
 //! A bucket of capacity `limit` refills continuously at `limit` per 60 s. Its whole state is
 //! the theoretical arrival time (TAT): the instant at which the bucket will be full again.
-//! Kept as nanoseconds so the same arithmetic can run in a Redis script later.
+//! Kept as integer nanoseconds; the Redis limiter (`limiter::RedisRateLimiter`) runs the same
+//! arithmetic in Lua, in microseconds.
 
 const WINDOW_NANOS: i64 = 60_000_000_000;
 const NANOS_PER_SECOND: i64 = 1_000_000_000;

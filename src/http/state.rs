@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::relay::Relay;
+use super::forward::Relay;
 use crate::domain::address::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::service::admin::ClientAdmin;
