@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::domain::access_token::{MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenSettings};
 use crate::domain::address::{self, TrustedProxies};
 use crate::domain::route::{Route, RouteTable};
+use crate::domain::scope::Scope;
 use crate::domain::signing_key::MIN_SECRET_CHARS;
 use crate::server::ConnectionLimits;
 
@@ -346,16 +347,20 @@ fn read_route_file(path: &Path) -> Result<Vec<Route>, String> {
             path.display()
         )
     })?;
-    Ok(file
-        .routes
+    file.routes
         .into_iter()
-        .map(|r| Route {
-            prefix: r.prefix,
-            upstream: r.upstream,
-            scope: r.scope,
-            timeout: r.timeout_seconds.map(Duration::from_secs),
+        .map(|r| {
+            let scope = Scope::parse(&r.scope).map_err(|e| {
+                format!("RELAY_CONFIG: route {}: scope {:?} {e}", r.prefix, r.scope)
+            })?;
+            Ok(Route {
+                prefix: r.prefix,
+                upstream: r.upstream,
+                scope,
+                timeout: r.timeout_seconds.map(Duration::from_secs),
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

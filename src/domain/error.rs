@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::rate_limit::Decision;
+use super::scope::Scope;
 
 /// One field-level validation message; `pointer` is a JSON Pointer (RFC 6901) into the body
 /// or the query parameter's name.
@@ -35,7 +36,7 @@ pub enum Error {
     #[error("missing or invalid credential")]
     Unauthenticated,
     #[error("the credential lacks scope {0}")]
-    Forbidden(String),
+    Forbidden(Scope),
     /// The caller's address has failed authentication too often.
     #[error("too many failed authentications; retry after {retry_after_seconds} s")]
     RateLimited { retry_after_seconds: u64 },

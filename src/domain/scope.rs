@@ -1,8 +1,48 @@
 //! Scopes: what a client may do. Names follow `^[a-z][a-z0-9_:.-]{0,63}$`.
 
-/// Grants the admin API and every verification endpoint.
+use std::borrow::Cow;
+use std::fmt;
+
+/// A valid scope name, built by `parse` (or one of the constants) and trusted afterwards.
+/// A client's own scopes stay plain text: adopted rows are kept as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(Cow<'static, str>);
+
+impl Scope {
+    /// Grants the admin API and every verification endpoint.
+    pub const ADMIN: Scope = Scope(Cow::Borrowed(ADMIN));
+    /// Grants `POST /v1/keys/verify` and `POST /v1/introspect`.
+    pub const KEYS_VERIFY: Scope = Scope(Cow::Borrowed(KEYS_VERIFY));
+
+    /// The error says why, without repeating the text (it may be anything a client sent).
+    pub fn parse(text: &str) -> Result<Scope, String> {
+        if is_valid(text) {
+            Ok(Scope(Cow::Owned(text.to_string())))
+        } else {
+            Err("is not a valid scope name (^[a-z][a-z0-9_:.-]{0,63}$)".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::parse(s)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 pub const ADMIN: &str = "admin";
-/// Grants `POST /v1/keys/verify`.
 pub const KEYS_VERIFY: &str = "keys:verify";
 /// The scopes a client gets when none are given.
 pub const DEFAULT: [&str; 2] = ["chat", "history"];

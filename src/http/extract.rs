@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::domain::audit::Actor;
-use crate::domain::{self, FieldError, scope};
+use crate::domain::scope::Scope;
+use crate::domain::{self, FieldError};
 use crate::service::auth::{Accepts, Credential};
 
 /// A JSON body: `application/json` (or `+json`) required, unknown fields refused by the DTO.
@@ -219,17 +220,17 @@ pub fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
 
 /// The scope an endpoint needs; `admin` passes everywhere.
 pub trait RequiredScope {
-    const SCOPE: &'static str;
+    const SCOPE: Scope;
 }
 
 pub struct AdminScope;
 impl RequiredScope for AdminScope {
-    const SCOPE: &'static str = scope::ADMIN;
+    const SCOPE: Scope = Scope::ADMIN;
 }
 
 pub struct VerifyScope;
 impl RequiredScope for VerifyScope {
-    const SCOPE: &'static str = scope::KEYS_VERIFY;
+    const SCOPE: Scope = Scope::KEYS_VERIFY;
 }
 
 /// A caller whose credential (the admin token or an API key) holds scope `S`, checked at the
@@ -246,7 +247,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let actor = authorize(parts, state, S::SCOPE).await?;
+        let actor = authorize(parts, state, &S::SCOPE).await?;
         Ok(Authorized {
             actor,
             scope: PhantomData,
@@ -258,7 +259,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
 pub async fn authorize(
     parts: &mut Parts,
     state: &AppState,
-    scope: &'static str,
+    scope: &Scope,
 ) -> Result<Actor, domain::Error> {
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
     let now = domain::now();

@@ -19,7 +19,8 @@ use utoipa::ToSchema;
 use super::error::{OAuthError, OAuthErrorBody, fill_bare_error, rate_limit_headers};
 use super::extract::{ClientAddr, authorize};
 use super::state::AppState;
-use crate::domain::{self, scope};
+use crate::domain;
+use crate::domain::scope::{self, Scope};
 use crate::service::auth::Credential;
 use crate::service::token::{ClientCredentials, Introspection};
 
@@ -362,7 +363,7 @@ impl FromRequestParts<AppState> for IntrospectionCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, scope::KEYS_VERIFY).await?;
+        authorize(parts, state, &Scope::KEYS_VERIFY).await?;
         Ok(IntrospectionCaller)
     }
 }

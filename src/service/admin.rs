@@ -14,6 +14,7 @@ use crate::domain::audit::{Action, Actor, AuditEvent, NewAuditEvent};
 use crate::domain::client::{
     self, Client, ClientChanges, ClientDraft, ClientId, ClientUpdate, NewClient,
 };
+use crate::domain::scope::Scope;
 use crate::storage::{AuditQuery, ClientCursor, ClientQuery, Store};
 
 pub const MAX_PAGE: u32 = 500;
@@ -118,9 +119,7 @@ impl ClientAdmin {
             .map(parse_client_cursor)
             .transpose()?;
         if let Some(scope) = &request.scope {
-            if !crate::domain::scope::is_valid(scope) {
-                return Err(Error::invalid("scope", "not a valid scope name"));
-            }
+            Scope::parse(scope).map_err(|e| Error::invalid("scope", e))?;
         }
         if let Some(q) = &request.name_contains {
             crate::domain::storable_text("q", q)?;

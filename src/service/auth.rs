@@ -17,12 +17,13 @@ use super::keyring::KeyRing;
 use super::legacy_key::{LegacyKeys, LegacyMatch};
 use super::usage::UsageRecorder;
 use crate::cache::{CacheKey, ClientCache};
+use crate::domain::Error;
 use crate::domain::access_token::{self, Claims, TokenSettings};
 use crate::domain::api_key::{self, KeyHash};
 use crate::domain::audit::Actor;
 use crate::domain::client::{Client, ClientId, ClientStatus};
 use crate::domain::rate_limit::Decision;
-use crate::domain::{Error, scope};
+use crate::domain::scope::{self, Scope};
 use crate::limiter::{FailedAuthLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::Store;
@@ -283,14 +284,14 @@ impl Gate {
     pub fn authorize(
         &self,
         caller: &Caller,
-        scope: &'static str,
+        scope: &Scope,
         now: DateTime<Utc>,
     ) -> Result<Actor, Error> {
-        if caller.holds(scope::ADMIN) || caller.holds(scope) {
+        if caller.holds(scope::ADMIN) || caller.holds(scope.as_str()) {
             self.record_use(caller, now);
             Ok(caller.actor())
         } else {
-            Err(Error::Forbidden(scope.to_string()))
+            Err(Error::Forbidden(scope.clone()))
         }
     }
 
@@ -299,11 +300,11 @@ impl Gate {
     pub async fn admit(
         &self,
         caller: &Caller,
-        scope: Option<&str>,
+        scope: Option<&Scope>,
         now: DateTime<Utc>,
     ) -> Result<Decision, Error> {
-        if let Some(scope) = scope.filter(|s| !caller.holds(s)) {
-            return Err(Error::Forbidden(scope.to_string()));
+        if let Some(scope) = scope.filter(|s| !caller.holds(s.as_str())) {
+            return Err(Error::Forbidden(scope.clone()));
         }
         let Some(client) = caller.client() else {
             return Err(Error::Unauthenticated);

@@ -159,7 +159,7 @@ async fn shutdown_lets_requests_in_flight_finish_and_refuses_new_connections() {
     config.routes = RouteTable::new(vec![Route {
         prefix: "/slow".into(),
         upstream: format!("{}/v1/chat", upstream.base),
-        scope: "chat".into(),
+        scope: "chat".parse().unwrap(),
         timeout: None,
     }])
     .unwrap();

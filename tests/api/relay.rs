@@ -19,19 +19,19 @@ pub fn relay_config(upstream: &str, dead: &str) -> ServeConfig {
     routes.push(Route {
         prefix: "/v1/chat/slow".into(),
         upstream: upstream.into(),
-        scope: "chat".into(),
+        scope: "chat".parse().unwrap(),
         timeout: Some(Duration::from_secs(1)),
     });
     routes.push(Route {
         prefix: "/v1/dead".into(),
         upstream: dead.into(),
-        scope: "chat".into(),
+        scope: "chat".parse().unwrap(),
         timeout: None,
     });
     routes.push(Route {
         prefix: "/v1/search".into(),
         upstream: upstream.into(),
-        scope: "search".into(),
+        scope: "search".parse().unwrap(),
         timeout: None,
     });
     config.routes = RouteTable::new(routes).unwrap();

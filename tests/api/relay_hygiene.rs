@@ -17,7 +17,7 @@ fn route(prefix: &str, upstream: &str, scope: &str) -> Route {
     Route {
         prefix: prefix.into(),
         upstream: upstream.into(),
-        scope: scope.into(),
+        scope: scope.parse().unwrap(),
         timeout: None,
     }
 }
