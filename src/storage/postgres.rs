@@ -16,6 +16,10 @@ use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
 use crate::domain::signing_key::StoredSigningKey;
 
+/// Whether an enabled client holds scope `admin`: `scopes` is a text array.
+const ADMIN_EXISTS: &str =
+    "SELECT 1 FROM api_clients WHERE enabled IS TRUE AND 'admin' = ANY(scopes) LIMIT 1";
+
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, COALESCE(name, '') AS name, \
     COALESCE(scopes, '{}') AS scopes, COALESCE(rate_limit, 100) AS rate_limit, \
     COALESCE(enabled, FALSE) AS enabled, expires_at, COALESCE(created_at, updated_at) AS created_at, \
@@ -26,6 +30,16 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// The one client matching `condition` on its one parameter `$1`.
+    async fn fetch_client(&self, condition: &str, value: &str) -> Result<Option<Client>, Error> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE {condition}");
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(ClientRow::into_client))
+    }
+
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -170,11 +184,9 @@ impl Store for PostgresStore {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('relay.bootstrap_admin'))")
             .execute(&mut *tx)
             .await?;
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM api_clients WHERE enabled IS TRUE AND 'admin' = ANY(scopes) LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
+        let found: Option<i32> = sqlx::query_scalar(ADMIN_EXISTS)
+            .fetch_optional(&mut *tx)
+            .await?;
         if found.is_some() {
             return Ok(None);
         }
@@ -188,23 +200,12 @@ impl Store for PostgresStore {
     }
 
     async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error> {
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1");
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(ClientRow::into_client))
+        self.fetch_client("client_id = $1", id.as_str()).await
     }
 
     async fn client_by_key_id(&self, key_id: &KeyId) -> Result<Option<Client>, Error> {
-        let sql = format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE key_id = $1 OR prev_key_id = $1"
-        );
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(key_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(ClientRow::into_client))
+        self.fetch_client("key_id = $1 OR prev_key_id = $1", key_id.as_str())
+            .await
     }
 
     async fn list_clients(&self, q: &ClientQuery) -> Result<Vec<Client>, Error> {
@@ -327,11 +328,9 @@ impl Store for PostgresStore {
     }
 
     async fn has_admin_client(&self) -> Result<bool, Error> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM api_clients WHERE enabled IS TRUE AND 'admin' = ANY(scopes) LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<i32> = sqlx::query_scalar(ADMIN_EXISTS)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(found.is_some())
     }
 
@@ -364,15 +363,8 @@ impl Store for PostgresStore {
     }
 
     async fn client_by_legacy_digest(&self, digest: &KeyHash) -> Result<Option<Client>, Error> {
-        let sql = format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE legacy_key_digest = $1 \
-             AND legacy_key_digest_of = api_key_hash"
-        );
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(digest.to_hex())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(ClientRow::into_client))
+        let condition = "legacy_key_digest = $1 AND legacy_key_digest_of = api_key_hash";
+        self.fetch_client(condition, &digest.to_hex()).await
     }
 
     async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error> {

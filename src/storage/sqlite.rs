@@ -15,6 +15,10 @@ use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
 use crate::domain::signing_key::StoredSigningKey;
 
+/// Whether an enabled client holds scope `admin`: `scopes` is a JSON array.
+const ADMIN_EXISTS: &str = "SELECT 1 FROM api_clients WHERE enabled AND EXISTS \
+    (SELECT 1 FROM json_each(api_clients.scopes) WHERE value = 'admin') LIMIT 1";
+
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, name, scopes, rate_limit, enabled, \
     expires_at, created_at, updated_at, last_used_at, metadata, key_id, prev_key_id, \
     prev_key_hash, prev_key_expires_at, token_generation";
@@ -24,6 +28,16 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The one client matching `condition` on its one parameter `$1`.
+    async fn fetch_client(&self, condition: &str, value: &str) -> Result<Option<Client>, Error> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE {condition}");
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(ClientRow::into_client))
+    }
+
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -115,7 +129,7 @@ async fn insert_audit(
     event: &NewAuditEvent,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO audit_events (at, actor, action, client_id, changes) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO audit_events (at, actor, action, client_id, changes) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(micros(event.at))
     .bind(&event.actor)
@@ -125,7 +139,7 @@ async fn insert_audit(
     .execute(&mut **tx)
     .await?;
     if let Some(client_id) = &event.client_id {
-        sqlx::query("INSERT INTO client_changes (client_id, at) VALUES (?, ?)")
+        sqlx::query("INSERT INTO client_changes (client_id, at) VALUES ($1, $2)")
             .bind(client_id.as_str())
             .bind(micros(event.at))
             .execute(&mut **tx)
@@ -138,7 +152,7 @@ async fn client_for_update(
     tx: &mut Transaction<'static, sqlx::Sqlite>,
     id: &ClientId,
 ) -> Result<Option<Client>, Error> {
-    let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?");
+    let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1");
     let row: Option<ClientRow> = sqlx::query_as(&sql)
         .bind(id.as_str())
         .fetch_optional(&mut **tx)
@@ -175,12 +189,9 @@ impl Store for SqliteStore {
         audit: &NewAuditEvent,
     ) -> Result<Option<Client>, Error> {
         let mut tx = self.write_tx().await?;
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM api_clients WHERE enabled AND EXISTS \
-             (SELECT 1 FROM json_each(api_clients.scopes) WHERE value = 'admin') LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
+        let found: Option<i64> = sqlx::query_scalar(ADMIN_EXISTS)
+            .fetch_optional(&mut *tx)
+            .await?;
         if found.is_some() {
             return Ok(None);
         }
@@ -194,34 +205,23 @@ impl Store for SqliteStore {
     }
 
     async fn client(&self, id: &ClientId) -> Result<Option<Client>, Error> {
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?");
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(ClientRow::into_client))
+        self.fetch_client("client_id = $1", id.as_str()).await
     }
 
     async fn client_by_key_id(&self, key_id: &KeyId) -> Result<Option<Client>, Error> {
-        let sql = format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE key_id = ?1 OR prev_key_id = ?1"
-        );
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(key_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(ClientRow::into_client))
+        self.fetch_client("key_id = $1 OR prev_key_id = $1", key_id.as_str())
+            .await
     }
 
     async fn list_clients(&self, q: &ClientQuery) -> Result<Vec<Client>, Error> {
         let sql = format!(
             "SELECT {CLIENT_COLUMNS} FROM api_clients \
-             WHERE (?1 OR enabled) \
-               AND (?2 IS NULL OR instr(lower(name), lower(?2)) > 0) \
-               AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(api_clients.scopes) \
-                                          WHERE value = ?3)) \
-               AND (?4 IS NULL OR created_at < ?4 OR (created_at = ?4 AND id < ?5)) \
-             ORDER BY created_at DESC, id DESC LIMIT ?6"
+             WHERE ($1 OR enabled) \
+               AND ($2 IS NULL OR instr(lower(name), lower($2)) > 0) \
+               AND ($3 IS NULL OR EXISTS (SELECT 1 FROM json_each(api_clients.scopes) \
+                                          WHERE value = $3)) \
+               AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND id < $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
         );
         let rows: Vec<ClientRow> = sqlx::query_as(&sql)
             .bind(q.include_disabled)
@@ -243,12 +243,12 @@ impl Store for SqliteStore {
         let (new, audit) = edit(&old);
         let keys = KeyColumns::of(&new);
         sqlx::query(
-            "UPDATE api_clients SET name = ?, scopes = ?, rate_limit = ?, enabled = ?, \
-             expires_at = ?, metadata = ?, updated_at = ?, key_id = ?, \
-             api_key_hash = COALESCE(?, api_key_hash), prev_key_id = ?, prev_key_hash = ?, \
-             prev_key_expires_at = ?, token_generation = ?, \
-             legacy_key_digest = CASE WHEN ? IS NULL THEN legacy_key_digest END \
-             WHERE id = ?",
+            "UPDATE api_clients SET name = $1, scopes = $2, rate_limit = $3, enabled = $4, \
+             expires_at = $5, metadata = $6, updated_at = $7, key_id = $8, \
+             api_key_hash = COALESCE($9, api_key_hash), prev_key_id = $10, prev_key_hash = $11, \
+             prev_key_expires_at = $12, token_generation = $13, \
+             legacy_key_digest = CASE WHEN $14 IS NULL THEN legacy_key_digest END \
+             WHERE id = $15",
         )
         .bind(&new.name)
         .bind(json_text(&new.scopes))
@@ -281,7 +281,7 @@ impl Store for SqliteStore {
         let Some(old) = client_for_update(&mut tx, id).await? else {
             return Ok(None);
         };
-        sqlx::query("DELETE FROM api_clients WHERE id = ?")
+        sqlx::query("DELETE FROM api_clients WHERE id = $1")
             .bind(old.row_id)
             .execute(&mut *tx)
             .await?;
@@ -293,8 +293,8 @@ impl Store for SqliteStore {
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, at, actor, action, client_id, changes FROM audit_events \
-             WHERE (?1 IS NULL OR client_id = ?1) AND (?2 IS NULL OR id < ?2) \
-             ORDER BY id DESC LIMIT ?3",
+             WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
         )
         .bind(q.client_id.as_deref())
         .bind(q.before_id)
@@ -321,8 +321,8 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         for (id, at) in uses {
             sqlx::query(
-                "UPDATE api_clients SET last_used_at = max(coalesce(last_used_at, ?2), ?2) \
-                 WHERE client_id = ?1",
+                "UPDATE api_clients SET last_used_at = max(coalesce(last_used_at, $2), $2) \
+                 WHERE client_id = $1",
             )
             .bind(id.as_str())
             .bind(micros(*at))
@@ -334,18 +334,15 @@ impl Store for SqliteStore {
     }
 
     async fn has_admin_client(&self) -> Result<bool, Error> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM api_clients WHERE enabled AND EXISTS \
-             (SELECT 1 FROM json_each(api_clients.scopes) WHERE value = 'admin') LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<i64> = sqlx::query_scalar(ADMIN_EXISTS)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(found.is_some())
     }
 
     async fn changes_after(&self, seq: i64) -> Result<Vec<(i64, ClientId)>, Error> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, client_id FROM client_changes WHERE seq > ? ORDER BY seq LIMIT 10000",
+            "SELECT seq, client_id FROM client_changes WHERE seq > $1 ORDER BY seq LIMIT 10000",
         )
         .bind(seq)
         .fetch_all(&self.pool)
@@ -364,7 +361,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_changes(&self, before: DateTime<Utc>) -> Result<(), Error> {
-        sqlx::query("DELETE FROM client_changes WHERE at < ?")
+        sqlx::query("DELETE FROM client_changes WHERE at < $1")
             .bind(micros(before))
             .execute(&self.pool)
             .await?;
@@ -372,15 +369,8 @@ impl Store for SqliteStore {
     }
 
     async fn client_by_legacy_digest(&self, digest: &KeyHash) -> Result<Option<Client>, Error> {
-        let sql = format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE legacy_key_digest = ? \
-             AND legacy_key_digest_of = api_key_hash"
-        );
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(digest.to_hex())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(ClientRow::into_client))
+        let condition = "legacy_key_digest = $1 AND legacy_key_digest_of = api_key_hash";
+        self.fetch_client(condition, &digest.to_hex()).await
     }
 
     async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error> {
@@ -408,15 +398,15 @@ impl Store for SqliteStore {
         // A digest left on another row whose hash has changed since no longer means anything.
         sqlx::query(
             "UPDATE api_clients SET legacy_key_digest = NULL, legacy_key_digest_of = NULL \
-             WHERE legacy_key_digest = ? AND client_id <> ?",
+             WHERE legacy_key_digest = $1 AND client_id <> $2",
         )
         .bind(digest.to_hex())
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE api_clients SET legacy_key_digest = ?, legacy_key_digest_of = ? \
-             WHERE client_id = ? AND key_id IS NULL AND api_key_hash = ?",
+            "UPDATE api_clients SET legacy_key_digest = $1, legacy_key_digest_of = $2 \
+             WHERE client_id = $3 AND key_id IS NULL AND api_key_hash = $4",
         )
         .bind(digest.to_hex())
         .bind(matched_hash)
@@ -444,7 +434,7 @@ impl Store for SqliteStore {
     }
 
     async fn reseal_signing_key(&self, key: &StoredSigningKey) -> Result<(), Error> {
-        sqlx::query("UPDATE signing_keys SET private_key = ? WHERE kid = ?")
+        sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
             .bind(key.stored_seed())
             .bind(&key.kid)
             .execute(&self.pool)
@@ -473,11 +463,11 @@ impl Store for SqliteStore {
         audit: &NewAuditEvent,
     ) -> Result<(), Error> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
             .bind(micros(key.created_at))
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM signing_keys WHERE retired_at < ?")
+        sqlx::query("DELETE FROM signing_keys WHERE retired_at < $1")
             .bind(micros(forget_retired_before))
             .execute(&mut *tx)
             .await?;
@@ -492,7 +482,7 @@ async fn insert_signing_key(
     tx: &mut Transaction<'static, sqlx::Sqlite>,
     key: &StoredSigningKey,
 ) -> Result<(), Error> {
-    sqlx::query("INSERT INTO signing_keys (kid, private_key, created_at) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO signing_keys (kid, private_key, created_at) VALUES ($1, $2, $3)")
         .bind(&key.kid)
         .bind(key.stored_seed())
         .bind(micros(key.created_at))
@@ -510,7 +500,7 @@ async fn insert_client_row(
     let row_id: i64 = sqlx::query_scalar(
         "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
              expires_at, created_at, updated_at, metadata, key_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
     )
     .bind(client.client_id.as_str())
     .bind(keys.api_key_hash.unwrap_or_default())
