@@ -20,12 +20,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
-pub use admin::{AuditListResponse, ClientListResponse, ClientResponse, ClientWithKeyResponse};
+pub use admin::{ClientListResponse, ClientResponse, ClientWithKeyResponse};
 pub use error::ApiError;
 pub use forward::Relay;
-pub use openapi::document as openapi_document;
 pub use state::{AppState, Shared};
-pub use verify::VerifyResponse;
 
 use crate::metrics::HttpLabels;
 

@@ -16,13 +16,13 @@
 //!   arithmetic) and does no I/O.
 
 pub mod app;
-pub mod cache;
+pub(crate) mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;
-pub mod http;
+pub(crate) mod http;
 pub mod limiter;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;

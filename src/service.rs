@@ -4,10 +4,10 @@
 //! token-signing keys; `legacy_key` finds keys adopted from the original service; `usage`
 //! batches `last_used_at`.
 
-pub mod admin;
-pub mod auth;
-pub mod health;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod health;
 pub mod keyring;
-pub mod legacy_key;
-pub mod token;
-pub mod usage;
+pub(crate) mod legacy_key;
+pub(crate) mod token;
+pub(crate) mod usage;
