@@ -131,13 +131,14 @@ pub trait Store: Send + Sync {
     /// `(client_id, bcrypt hash)` of every adopted key whose hash has no digest bound to it.
     async fn legacy_candidates(&self) -> Result<Vec<(ClientId, String)>, Error>;
     /// Records the SHA-256 of an adopted key that just matched the bcrypt hash `matched_hash`,
-    /// bound to that hash (nothing is written if the row holds another hash by now).
+    /// bound to that hash, and returns the client; nothing is written (`None`) if the row
+    /// holds another hash by now.
     async fn upgrade_legacy_key(
         &self,
         id: &ClientId,
         digest: &KeyHash,
         matched_hash: &str,
-    ) -> Result<(), Error>;
+    ) -> Result<Option<Client>, Error>;
 
     /// Every stored token-signing key, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, Error>;

@@ -19,9 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use crate::domain::Error;
 use crate::domain::api_key::KeyHash;
 use crate::domain::client::Client;
-use crate::storage::{self, Store};
+use crate::storage::Store;
 
 const FAILURE_MEMORY: Duration = Duration::from_secs(600);
 const MAX_WAITING: usize = 64;
@@ -104,7 +105,7 @@ impl LegacyKeys {
     /// Finds the adopted client whose bcrypt hash matches `key` (whose SHA-256 is `digest`)
     /// and records the digest for it. Cancelling the returned future does not cancel the
     /// check: it runs to its end, and its result is remembered.
-    pub async fn find(&self, key: &str, digest: KeyHash) -> Result<LegacyMatch, storage::Error> {
+    pub async fn find(&self, key: &str, digest: KeyHash) -> Result<LegacyMatch, Error> {
         let shared = &self.shared;
         if shared.recently_failed(&digest) {
             return Ok(LegacyMatch::NotFound);
@@ -155,7 +156,7 @@ impl Shared {
         self: Arc<Self>,
         key: Zeroizing<String>,
         digest: KeyHash,
-    ) -> Result<Option<Client>, storage::Error> {
+    ) -> Result<Option<Client>, Error> {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return Ok(None);
         };
@@ -184,9 +185,9 @@ impl Shared {
         self.last_scan_millis.store(millis, Ordering::Relaxed);
         match matched {
             Some((id, hash)) => {
-                self.store.upgrade_legacy_key(&id, &digest, &hash).await?;
+                let upgraded = self.store.upgrade_legacy_key(&id, &digest, &hash).await?;
                 tracing::info!(client_id = %id, "adopted key upgraded: later checks skip bcrypt");
-                self.store.client_by_legacy_digest(&digest).await
+                Ok(upgraded)
             }
             None => {
                 self.failures.insert(digest.to_bytes(), Instant::now());

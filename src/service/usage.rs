@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::Error;
 use crate::domain::client::ClientId;
-use crate::storage::{self, Store};
+use crate::storage::Store;
 
 #[derive(Clone, Default)]
 pub struct UsageRecorder {
@@ -27,7 +28,7 @@ impl UsageRecorder {
     }
 
     /// Writes what was collected; on failure keeps it for the next flush.
-    pub async fn flush(&self, store: &dyn Store) -> Result<(), storage::Error> {
+    pub async fn flush(&self, store: &dyn Store) -> Result<(), Error> {
         let batch: Vec<(ClientId, DateTime<Utc>)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.drain().collect()
@@ -36,7 +37,7 @@ impl UsageRecorder {
             for (client, at) in &batch {
                 self.record(client, *at);
             }
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }

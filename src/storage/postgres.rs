@@ -387,7 +387,7 @@ impl Store for PostgresStore {
         id: &ClientId,
         digest: &KeyHash,
         matched_hash: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Client>, Error> {
         let mut tx = self.pool.begin().await?;
         // A digest left on another row whose hash has changed since no longer means anything.
         sqlx::query(
@@ -398,17 +398,19 @@ impl Store for PostgresStore {
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        let sql = format!(
             "UPDATE api_clients SET legacy_key_digest = $1, legacy_key_digest_of = $3 \
-             WHERE client_id = $2 AND key_id IS NULL AND api_key_hash = $3",
-        )
-        .bind(digest.to_hex())
-        .bind(id.as_str())
-        .bind(matched_hash)
-        .execute(&mut *tx)
-        .await?;
+             WHERE client_id = $2 AND key_id IS NULL AND api_key_hash = $3 \
+             RETURNING {CLIENT_COLUMNS}"
+        );
+        let row: Option<ClientRow> = sqlx::query_as(&sql)
+            .bind(digest.to_hex())
+            .bind(id.as_str())
+            .bind(matched_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(row.map(ClientRow::into_client))
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, Error> {
