@@ -494,11 +494,13 @@ async fn a_change_made_with_the_cli_reaches_a_running_server_within_two_seconds(
 fn the_benchmark_harness_still_parses() {
     // Its Rust parts (examples/, benches/) are compiled by `cargo test` and clippy.
     let root = env!("CARGO_MANIFEST_DIR");
-    let sh = Command::new("bash")
-        .args(["-n", &format!("{root}/bench/run.sh")])
-        .status()
-        .unwrap();
-    assert!(sh.success());
+    for script in ["run.sh", "compare.sh"] {
+        let sh = Command::new("bash")
+            .args(["-n", &format!("{root}/bench/{script}")])
+            .status()
+            .unwrap();
+        assert!(sh.success(), "bench/{script} does not parse");
+    }
     let py = Command::new("python3")
         .args([
             "-c",
