@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::routing::future::RouteFuture;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -84,13 +85,15 @@ pub async fn run(
             },
         };
         while connections.try_join_next().is_some() {}
+        let activity = Arc::new(Activity::new());
         let connection = Connection {
             app: app.clone(),
             peer,
-            limits,
+            activity: activity.clone(),
             _permit: permit,
         };
-        connections.spawn(connection.serve(stream, draining.clone()));
+        let handle = connections.spawn(connection.serve(stream, draining.clone()));
+        tokio::spawn(watch(activity, limits, handle, peer));
     }
     drop(listener);
     let _ = drain.send(true);
@@ -110,7 +113,7 @@ pub async fn run(
 struct Connection {
     app: Router,
     peer: SocketAddr,
-    limits: ConnectionLimits,
+    activity: Arc<Activity>,
     /// Its place among `max_connections`, given back when the connection ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -118,41 +121,50 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream, mut draining: watch::Receiver<bool>) {
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
         let io = TokioIo::new(WatchedIo {
             inner: stream,
-            activity: activity.clone(),
+            activity: self.activity.clone(),
         });
         let service = RequestService {
             app: self.app,
             peer: self.peer,
-            activity: activity.clone(),
+            activity: self.activity,
         };
         let connection = http1::Builder::new().serve_connection(io, service);
         tokio::pin!(connection);
-        let mut shutting_down = false;
-        loop {
-            tokio::select! {
-                // The connection first: it is what wakes this task on every request.
-                biased;
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
+        tokio::select! {
+            // The connection first: it is what wakes this task on every request.
+            biased;
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-                changed = draining.changed(), if !shutting_down => {
-                    shutting_down = true;
-                    if changed.is_ok() {
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
-                () = activity.timed_out(&self.limits) => {
-                    tracing::debug!(peer = %self.peer, "closing a connection: header or idle timeout");
-                    return;
+                return;
+            }
+            changed = draining.changed() => {
+                if changed.is_ok() {
+                    connection.as_mut().graceful_shutdown();
                 }
             }
         }
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Closes the connection (ends its task) once it breaks a rule. A task of its own, so
+/// nothing of this is polled with each request; it ends within a header timeout of the
+/// connection's end.
+async fn watch(
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+    connection: AbortHandle,
+    peer: SocketAddr,
+) {
+    if activity.timed_out(&limits, &connection).await {
+        tracing::debug!(%peer, "closing a connection: header or idle timeout");
+        connection.abort();
     }
 }
 
@@ -203,16 +215,19 @@ impl Activity {
         }
     }
 
-    /// Resolves when the connection has broken a rule. It wakes at least once per header
-    /// timeout to look, so a head that starts while it sleeps is caught in time; nothing per
-    /// request wakes it.
-    async fn timed_out(&self, limits: &ConnectionLimits) {
+    /// Resolves `true` when the connection has broken a rule, `false` once it has ended by
+    /// itself. It wakes at least once per header timeout to look, so a head that starts while
+    /// it sleeps is caught in time; nothing per request wakes it.
+    async fn timed_out(&self, limits: &ConnectionLimits, connection: &AbortHandle) -> bool {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2);
         let (header, idle) = (
             millis(limits.header_read_timeout),
             millis(limits.idle_timeout),
         );
         loop {
+            if connection.is_finished() {
+                return false;
+            }
             let now = self.now();
             let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
                 None
@@ -223,7 +238,7 @@ impl Activity {
                 }
             };
             if deadline.is_some_and(|d| d <= now) {
-                return;
+                return true;
             }
             let wake = deadline.unwrap_or(u64::MAX).min(now.saturating_add(header));
             tokio::time::sleep_until(self.base + Duration::from_millis(wake)).await;
@@ -294,20 +309,44 @@ struct RequestService {
 impl hyper::service::Service<hyper::Request<Incoming>> for RequestService {
     type Response = hyper::Response<TrackedBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         self.activity.request_started();
         let busy = BusyGuard(self.activity.clone());
         let mut app = self.app.clone();
-        Box::pin(async move {
-            let response = match app.call(req).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            Ok(response.map(|inner| TrackedBody { inner, _busy: busy }))
-        })
+        ResponseFuture {
+            inner: app.call(req),
+            busy: Some(busy),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The router's answer with its body tracked; a named future, so nothing is allocated
+    /// for it per request.
+    struct ResponseFuture {
+        #[pin]
+        inner: RouteFuture<Infallible>,
+        busy: Option<BusyGuard>,
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<hyper::Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match std::task::ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        // Polled again after it finished (hyper never does): it has nothing more to give.
+        let Some(busy) = this.busy.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, _busy: busy })))
     }
 }
 
