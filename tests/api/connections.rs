@@ -16,7 +16,7 @@ use crate::support::TestApp;
 use crate::upstream;
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(300);
-const IDLE_TIMEOUT: Duration = Duration::from_millis(600);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 fn limits() -> ConnectionLimits {
     ConnectionLimits {
