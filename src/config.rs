@@ -14,7 +14,6 @@ use crate::domain::access_token::{MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenSetting
 use crate::domain::address::{self, TrustedProxies};
 use crate::domain::route::{Route, RouteTable};
 use crate::domain::scope::Scope;
-use crate::domain::signing_key::MIN_SECRET_CHARS;
 use crate::server::ConnectionLimits;
 
 /// Where the data lives; shared by every command.
@@ -184,20 +183,13 @@ pub struct ServeConfig {
     pub connections: ConnectionLimits,
 }
 
-pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// Shortest `RELAY_ADMIN_TOKEN` or `RELAY_SIGNING_KEY_SECRET` accepted.
+pub const MIN_SECRET_CHARS: usize = 32;
 
 impl ServeArgs {
     /// Validates the settings; the error is a sentence saying what to set.
     pub fn into_config(self) -> Result<ServeConfig, String> {
-        let admin_token = match self.admin_token.map(|t| t.0).filter(|t| !t.is_empty()) {
-            Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => {
-                return Err(format!(
-                    "RELAY_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; \
-                     set a longer one (for example 48 random characters) or unset it"
-                ));
-            }
-            other => other.map(SecretString::from),
-        };
+        let admin_token = parse_secret("RELAY_ADMIN_TOKEN", self.admin_token)?;
         let signing_key_secret = parse_signing_key_secret(self.signing_key_secret)?;
         if self.cache_capacity == 0 {
             return Err("RELAY_CACHE_CAPACITY must be at least 1".into());
@@ -279,10 +271,16 @@ impl ServeArgs {
 
 /// `RELAY_SIGNING_KEY_SECRET`: empty counts as unset, short is refused.
 pub fn parse_signing_key_secret(secret: Option<SecretArg>) -> Result<Option<SecretString>, String> {
+    parse_secret("RELAY_SIGNING_KEY_SECRET", secret)
+}
+
+/// A secret setting `variable`: empty counts as unset; fewer than `MIN_SECRET_CHARS`
+/// characters is refused with a sentence saying what to set.
+fn parse_secret(variable: &str, secret: Option<SecretArg>) -> Result<Option<SecretString>, String> {
     match secret.map(|s| s.0).filter(|s| !s.is_empty()) {
         Some(s) if s.chars().count() < MIN_SECRET_CHARS => Err(format!(
-            "RELAY_SIGNING_KEY_SECRET is shorter than {MIN_SECRET_CHARS} characters; set a \
-             longer one (for example 48 random characters) or unset it"
+            "{variable} is shorter than {MIN_SECRET_CHARS} characters; set a longer one \
+             (for example 48 random characters) or unset it"
         )),
         other => Ok(other.map(SecretString::from)),
     }

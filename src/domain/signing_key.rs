@@ -155,8 +155,6 @@ impl fmt::Debug for StoredSigningKey {
 /// Marks a sealed seed: `EGS1` + a 24-byte nonce + the seed encrypted with its 16-byte tag.
 const SEALED_MAGIC: &[u8] = b"EGS1";
 const NONCE_LEN: usize = 24;
-/// Shortest secret accepted, as for `RELAY_ADMIN_TOKEN`.
-pub const MIN_SECRET_CHARS: usize = 32;
 
 /// Seals and opens seeds with a key derived from the operator's secret (HKDF-SHA256, RFC
 /// 5869), each bound to its kid as associated data so a sealed seed cannot be moved to

@@ -234,9 +234,10 @@ impl RequiredScope for VerifyScope {
 }
 
 /// A caller whose credential (the admin token or an API key) holds scope `S`, checked at the
-/// gate: failed attempts count against the caller's address.
+/// gate (failed attempts count against the caller's address), and that address.
 pub struct Authorized<S> {
     pub actor: Actor,
+    pub addr: IpAddr,
     scope: PhantomData<S>,
 }
 
@@ -247,20 +248,21 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let actor = authorize(parts, state, &S::SCOPE).await?;
+        let (actor, addr) = authorize(parts, state, &S::SCOPE).await?;
         Ok(Authorized {
             actor,
+            addr,
             scope: PhantomData,
         })
     }
 }
 
-/// Checks the request's credential for `scope` at the gate.
+/// Checks the request's credential for `scope` at the gate; returns who acts, and from where.
 pub async fn authorize(
     parts: &mut Parts,
     state: &AppState,
     scope: &Scope,
-) -> Result<Actor, domain::Error> {
+) -> Result<(Actor, IpAddr), domain::Error> {
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(parts, state).await;
     let now = domain::now();
     let caller = state
@@ -272,7 +274,7 @@ pub async fn authorize(
             now,
         )
         .await?;
-    state.gate.authorize(&caller, scope, now)
+    Ok((state.gate.authorize(&caller, scope, now)?, addr))
 }
 
 #[cfg(test)]

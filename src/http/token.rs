@@ -3,6 +3,7 @@
 //! OAuth error object, never problem+json.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -297,8 +298,7 @@ pub struct IntrospectionResponse {
     security(("bearer" = [])))]
 pub async fn introspect(
     State(state): State<AppState>,
-    _: IntrospectionCaller,
-    ClientAddr(addr): ClientAddr,
+    IntrospectionCaller(addr): IntrospectionCaller,
     params: OAuthParams,
 ) -> Result<Response, OAuthError> {
     let token = params
@@ -352,9 +352,9 @@ pub async fn introspect(
     Ok(response)
 }
 
-/// An introspection caller: the admin credential or a client holding `keys:verify`, with
-/// failures answered in the OAuth shape.
-pub struct IntrospectionCaller;
+/// An introspection caller (the admin credential or a client holding `keys:verify`) and its
+/// address, with failures answered in the OAuth shape.
+pub struct IntrospectionCaller(IpAddr);
 
 impl FromRequestParts<AppState> for IntrospectionCaller {
     type Rejection = OAuthError;
@@ -363,8 +363,8 @@ impl FromRequestParts<AppState> for IntrospectionCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, &Scope::KEYS_VERIFY).await?;
-        Ok(IntrospectionCaller)
+        let (_, addr) = authorize(parts, state, &Scope::KEYS_VERIFY).await?;
+        Ok(IntrospectionCaller(addr))
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Authorized, ClientAddr, VerifyScope};
+use super::extract::{ApiJson, Authorized, VerifyScope};
 use super::state::AppState;
 use crate::domain;
 use crate::service::auth::Verification;
@@ -70,11 +70,13 @@ pub struct InvalidKey {
     security(("bearer" = [])))]
 pub async fn verify_key(
     State(state): State<AppState>,
-    _: Authorized<VerifyScope>,
-    ClientAddr(addr): ClientAddr,
+    caller: Authorized<VerifyScope>,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
-    let verification = state.gate.verify(&req.key, addr, domain::now()).await?;
+    let verification = state
+        .gate
+        .verify(&req.key, caller.addr, domain::now())
+        .await?;
     let (client, decision) = match verification {
         Verification::Valid { client, decision } => (client, decision),
         Verification::Invalid(code) => {

@@ -309,15 +309,19 @@ impl Gate {
         let Some(client) = caller.client() else {
             return Err(Error::Unauthenticated);
         };
-        let decision = self
-            .limiter
-            .acquire(&client.client_id, client.effective_rate_limit(), now)
-            .await;
+        let decision = self.take_request(client, now).await;
         if decision.allowed {
             Ok(decision)
         } else {
             Err(Error::OverLimit(decision))
         }
+    }
+
+    /// One request from `client`'s rate limit, if its bucket has room.
+    async fn take_request(&self, client: &Client, now: DateTime<Utc>) -> Decision {
+        self.limiter
+            .acquire(&client.client_id, client.effective_rate_limit(), now)
+            .await
     }
 
     /// `POST /v1/keys/verify`: is `key` valid, and may its owner make a request now? A valid
@@ -335,10 +339,7 @@ impl Gate {
                 return Ok(Verification::Invalid(other.code()));
             }
         };
-        let decision = self
-            .limiter
-            .acquire(&client.client_id, client.effective_rate_limit(), now)
-            .await;
+        let decision = self.take_request(&client, now).await;
         if !decision.allowed {
             self.metrics.observe_verification("RATE_LIMITED");
             return Ok(Verification::Invalid("RATE_LIMITED"));

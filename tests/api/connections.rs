@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::relay::relay_config;
-use crate::support::TestApp;
+use crate::support::{TestApp, read_rest};
 use crate::upstream;
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(300);
@@ -112,11 +112,7 @@ async fn a_relay_stream_outlives_the_header_and_idle_timeouts() {
     // The stream stays quiet for longer than both timeouts together.
     tokio::time::sleep(HEADER_TIMEOUT + IDLE_TIMEOUT + Duration::from_millis(200)).await;
     upstream.signals.send_last_event.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = r.chunk().await.unwrap() {
-        rest.extend_from_slice(&chunk);
-    }
-    assert_eq!(rest, b"data: last\n\n");
+    assert_eq!(read_rest(&mut r).await, b"data: last\n\n");
 }
 
 #[tokio::test]

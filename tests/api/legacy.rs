@@ -172,15 +172,6 @@ fn same_instant(stored: &Value, shown: &Value) -> bool {
     }
 }
 
-async fn bcrypt_checks(app: &TestApp) -> f64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("relay_legacy_bcrypt_checks_total "))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_database_keeps_every_client_and_key() {
     let Some(legacy) = legacy_db().await else {
@@ -233,12 +224,12 @@ async fn an_adopted_database_keeps_every_client_and_key() {
     );
 
     // The second verification of a legacy key does no bcrypt work, on this node or another.
-    let before = bcrypt_checks(&app).await;
+    let before = metric(&app, BCRYPT_CHECKS).await;
     assert_eq!(app.verify(&legacy.active.key).await["valid"], true);
-    assert_eq!(bcrypt_checks(&app).await, before);
+    assert_eq!(metric(&app, BCRYPT_CHECKS).await, before);
     let other_node = TestApp::spawn_sharing(&app, crate::support::test_config()).await;
     assert_eq!(other_node.verify(&legacy.active.key).await["valid"], true);
-    assert_eq!(bcrypt_checks(&other_node).await, 0.0);
+    assert_eq!(metric(&other_node, BCRYPT_CHECKS).await, 0.0);
 
     // The legacy admin key is an admin credential; legacy keys get tokens.
     let r = app
@@ -417,6 +408,9 @@ fn http_from(ip: &str) -> reqwest::Client {
         .unwrap()
 }
 
+const BCRYPT_CHECKS: &str = "relay_legacy_bcrypt_checks_total";
+
+/// The value of the metric `name` in `/metrics`.
 async fn metric(app: &TestApp, name: &str) -> f64 {
     let text = app.metrics().await;
     text.lines()
@@ -495,7 +489,7 @@ async fn an_abandoned_check_still_remembers_that_its_key_matched_nothing() {
     }
     request.abort();
     wait_for_legacy_checks(&app).await;
-    let checks = metric(&app, "relay_legacy_bcrypt_checks_total").await;
+    let checks = metric(&app, BCRYPT_CHECKS).await;
     assert_eq!(checks, 3.0, "the abandoned check did not run to its end");
     // The same key again within ten minutes costs no bcrypt.
     let r = app
@@ -505,7 +499,7 @@ async fn an_abandoned_check_still_remembers_that_its_key_matched_nothing() {
         .await
         .unwrap();
     assert_problem(r, StatusCode::UNAUTHORIZED).await;
-    assert_eq!(metric(&app, "relay_legacy_bcrypt_checks_total").await, 3.0);
+    assert_eq!(metric(&app, BCRYPT_CHECKS).await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

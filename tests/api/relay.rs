@@ -8,7 +8,7 @@ use egregore_relay::domain::route::{Route, RouteTable};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, TestApp, TestDb, assert_problem};
+use crate::support::{ADMIN_TOKEN, TestApp, TestDb, assert_problem, read_rest};
 use crate::upstream;
 
 /// Relay settings in front of `upstream`: the default routes, a slow route with a 1 s timeout,
@@ -225,11 +225,7 @@ async fn server_sent_events_arrive_one_by_one() {
     assert_eq!(&first[..], b"data: first\n\n");
     // Only now does the upstream send its last event.
     upstream.signals.send_last_event.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = r.chunk().await.unwrap() {
-        rest.extend_from_slice(&chunk);
-    }
-    assert_eq!(rest, b"data: last\n\n");
+    assert_eq!(read_rest(&mut r).await, b"data: last\n\n");
 }
 
 #[tokio::test]

@@ -306,6 +306,15 @@ impl Drop for TestApp {
     }
 }
 
+/// Reads what is left of a streamed response body.
+pub async fn read_rest(response: &mut Response) -> Vec<u8> {
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    rest
+}
+
 /// Asserts a problem+json error with this status; returns the body.
 pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status);
