@@ -25,8 +25,10 @@ pub async fn relay_or_not_found(State(state): State<AppState>, req: Request) -> 
     if routes.is_empty() {
         return ApiError::not_found("no such route").into_response();
     }
-    let path = match canonical_path(req.uri().path()) {
-        Ok(path) => path.into_owned(),
+    // A clone of the URI shares its bytes: the common, already canonical path is borrowed.
+    let uri = req.uri().clone();
+    let path = match canonical_path(uri.path()) {
+        Ok(path) => path,
         Err(UnsafePath(reason)) => {
             return ApiError::bad_request(reason, Vec::new()).into_response();
         }
