@@ -20,19 +20,22 @@ use crate::service::admin::ClientAdmin;
 use crate::service::auth::{Gate, GateParts};
 use crate::service::health::Health;
 use crate::service::keyring::{KeyRing, SigningKeys};
+use crate::service::last_used::LastUse;
 use crate::service::legacy_key::LegacyKeys;
+use crate::service::meter::{Meter, MeterMetrics};
 use crate::service::token::TokenService;
-use crate::service::usage::UsageRecorder;
+use crate::service::usage::UsageReports;
 use crate::storage::Store;
 
 const CHANGE_POLL: Duration = Duration::from_millis(500);
-/// `last_used_at` may lag by at most 10 s; flushing every 5 s leaves room for a slow write.
-const USAGE_FLUSH: Duration = Duration::from_secs(5);
 const SWEEP: Duration = Duration::from_secs(60);
 const CHANGE_RETENTION: chrono::Duration = chrono::Duration::hours(1);
+/// Usage batch ids are kept this long: far longer than any flush is retried.
+const USAGE_BATCH_RETENTION: chrono::Duration = chrono::Duration::days(2);
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish (for at most the
-/// shutdown grace period), stops the background tasks and writes the last `last_used_at` batch.
+/// shutdown grace period), stops the background tasks and writes what is held in memory
+/// (`last_used_at`, usage counts).
 pub async fn serve(
     config: &ServeConfig,
     store: Arc<dyn Store>,
@@ -40,8 +43,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cache = ClientCache::new(config.cache_capacity, config.cache_ttl);
-    let usage = UsageRecorder::default();
+    let last_used = LastUse::default();
     let metrics = Arc::new(Metrics::default());
+    let meter = Arc::new(Meter::new(
+        config.usage.enabled,
+        config.routes.routes().iter().map(|r| r.prefix.clone()),
+        config.usage.capacity,
+        MeterMetrics {
+            dropped: metrics.usage_dropped.clone(),
+            flush_failures: metrics.usage_flush_failures.clone(),
+        },
+    )?);
+    store.prepare_usage(crate::domain::now()).await?;
     let limiter: Arc<dyn RateLimiter> = match &config.redis {
         Some(redis) => Arc::new(RedisRateLimiter::start(
             redis.url.expose_secret(),
@@ -72,7 +85,8 @@ pub async fn serve(
     let gate = Arc::new(Gate::new(GateParts {
         store: store.clone(),
         cache: cache.clone(),
-        usage: usage.clone(),
+        last_used: last_used.clone(),
+        meter: meter.clone(),
         metrics: metrics.clone(),
         admin_token: config.admin_token.clone(),
         legacy,
@@ -83,6 +97,7 @@ pub async fn serve(
     }));
     let state = AppState::new(Shared {
         admin: Arc::new(ClientAdmin::new(store.clone(), Some(cache.clone()))),
+        usage: Arc::new(UsageReports::new(store.clone())),
         tokens: Arc::new(TokenService::new(
             gate.clone(),
             keyring.clone(),
@@ -101,7 +116,9 @@ pub async fn serve(
         signing_keys,
         keyring,
         cache,
-        usage: usage.clone(),
+        last_used: last_used.clone(),
+        meter: meter.clone(),
+        flush_interval: config.usage.flush_interval,
         limiter,
         failed_auth,
     };
@@ -115,29 +132,50 @@ pub async fn serve(
     if let Err(e) = background.await {
         tracing::error!(error = %e, "background task failed");
     }
-    if let Err(e) = usage.flush(store.as_ref()).await {
+    if let Err(e) = last_used.flush(store.as_ref()).await {
         tracing::error!(error = %e, "could not record last use at shutdown");
+    }
+    if let Err(e) = meter.flush(store.as_ref(), crate::domain::now()).await {
+        tracing::error!(error = %e, "could not write the usage counts at shutdown; they are lost");
     }
     Ok(())
 }
 
 /// Periodic work: follow the change log and the signing keys (both every 500 ms, so a change
-/// anywhere is in force here within a second), flush uses, sweep limiter and cache state.
+/// anywhere is in force here within a second), write uses (`last_used_at` and usage counts),
+/// sweep limiter and cache state, keep usage storage ready and within its retention.
 struct Background {
     store: Arc<dyn Store>,
     feed: ChangeFeed,
     signing_keys: SigningKeys,
     keyring: Arc<KeyRing>,
     cache: ClientCache,
-    usage: UsageRecorder,
+    last_used: LastUse,
+    meter: Arc<Meter>,
+    flush_interval: Duration,
     limiter: Arc<dyn RateLimiter>,
     failed_auth: Arc<FailedAuthLimiter>,
 }
 
 impl Background {
+    /// Storage for the coming buckets, and retention for the old ones.
+    async fn maintain_usage(&self, now: chrono::DateTime<chrono::Utc>) {
+        if let Err(e) = self.store.prepare_usage(now).await {
+            tracing::warn!(error = %e, "could not prepare usage storage");
+        }
+        let cutoffs = crate::domain::usage::retention_cutoffs(now);
+        if let Err(e) = self
+            .store
+            .prune_usage(&cutoffs, now - USAGE_BATCH_RETENTION)
+            .await
+        {
+            tracing::warn!(error = %e, "could not prune old usage counts");
+        }
+    }
+
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut poll = tokio::time::interval(CHANGE_POLL);
-        let mut flush = tokio::time::interval(USAGE_FLUSH);
+        let mut flush = tokio::time::interval(self.flush_interval);
         let mut sweep = tokio::time::interval(SWEEP);
         for timer in [&mut poll, &mut flush, &mut sweep] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,8 +193,12 @@ impl Background {
                     }
                 }
                 _ = flush.tick() => {
-                    if let Err(e) = self.usage.flush(self.store.as_ref()).await {
+                    if let Err(e) = self.last_used.flush(self.store.as_ref()).await {
                         tracing::warn!(error = %e, "could not record last use");
+                    }
+                    let now = crate::domain::now();
+                    if let Err(e) = self.meter.flush(self.store.as_ref(), now).await {
+                        tracing::warn!(error = %e, "could not write the usage counts; kept for the next flush");
                     }
                 }
                 _ = sweep.tick() => {
@@ -167,6 +209,7 @@ impl Background {
                     if let Err(e) = self.store.prune_changes(now - CHANGE_RETENTION).await {
                         tracing::warn!(error = %e, "could not prune the change log");
                     }
+                    self.maintain_usage(now).await;
                 }
             }
         }

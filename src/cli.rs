@@ -1,9 +1,10 @@
 //! The `relay` command line: `serve`, `clients …` (in `clients`), `signing-keys …` (in
-//! `signing_keys`), `migrate`. The commands call the same services as the HTTP API, against
+//! `signing_keys`), `usage` (in `usage`), `migrate`. The commands call the same services as the HTTP API, against
 //! the configured database, acting as `cli`.
 
 mod clients;
 mod signing_keys;
+mod usage;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::domain;
 use crate::domain::signing_key::SeedSeal;
 use crate::service::admin::ClientAdmin;
 use crate::service::keyring::SigningKeys;
+use crate::service::usage::UsageReports;
 use crate::storage::{self, Store};
 use clients::ClientsCommand;
 use signing_keys::SigningKeysCommand;
@@ -71,6 +73,8 @@ pub enum Command {
         #[command(subcommand)]
         command: SigningKeysCommand,
     },
+    /// Print usage counts (the series of `GET /admin/usage`) as a table, JSON or CSV.
+    Usage(usage::UsageArgs),
     /// Apply the database migrations and exit.
     Migrate,
 }
@@ -97,6 +101,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|secret| SeedSeal::from_secret(secret.expose_secret()));
             let store = open_store(&cli.database).await?;
             signing_keys::run(SigningKeys::new(store, seal), command, json).await
+        }
+        Command::Usage(args) => {
+            let store = open_store(&cli.database).await?;
+            usage::run(UsageReports::new(store), args).await
         }
     }
 }
@@ -171,6 +179,7 @@ fn explain(e: domain::Error) -> anyhow::Error {
             anyhow::anyhow!("invalid input: {}", lines.join("; "))
         }
         domain::Error::NotFound => anyhow::anyhow!("no such client"),
+        domain::Error::Unavailable(_) => anyhow::anyhow!("the database is unavailable"),
         other => anyhow::Error::new(other),
     }
 }

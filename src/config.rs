@@ -133,6 +133,33 @@ pub struct ServeArgs {
     /// open then are cut.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Count every use per client and minute for usage analytics (`/admin/usage`).
+    #[arg(long, env = "RELAY_USAGE_ANALYTICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub usage_analytics: bool,
+    /// Seconds between writes of the usage counts (1..=10; counts reach `/admin/usage` within
+    /// twice this).
+    #[arg(long, env = "RELAY_USAGE_FLUSH_SECONDS", default_value_t = 5)]
+    pub usage_flush_seconds: u64,
+}
+
+/// Usage analytics settings.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageSettings {
+    pub enabled: bool,
+    /// Time between writes of the counts (and of `last_used_at`).
+    pub flush_interval: Duration,
+    /// Most counters held in memory between writes.
+    pub capacity: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            enabled: true,
+            flush_interval: Duration::from_secs(5),
+            capacity: crate::service::meter::DEFAULT_CAPACITY,
+        }
+    }
 }
 
 /// The route file (`RELAY_CONFIG`).
@@ -181,6 +208,7 @@ pub struct ServeConfig {
     pub redis: Option<RedisConfig>,
     pub legacy_bcrypt_concurrency: usize,
     pub connections: ConnectionLimits,
+    pub usage: UsageSettings,
 }
 
 /// Shortest `RELAY_ADMIN_TOKEN` or `RELAY_SIGNING_KEY_SECRET` accepted.
@@ -241,6 +269,9 @@ impl ServeArgs {
         if self.max_connections == 0 {
             return Err("RELAY_MAX_CONNECTIONS must be at least 1".into());
         }
+        if !(1..=10).contains(&self.usage_flush_seconds) {
+            return Err("RELAY_USAGE_FLUSH_SECONDS must be 1..=10".into());
+        }
         Ok(ServeConfig {
             connections: ConnectionLimits {
                 max_connections: self.max_connections,
@@ -248,6 +279,11 @@ impl ServeArgs {
                 ..ConnectionLimits::default()
             },
             legacy_bcrypt_concurrency: self.legacy_bcrypt_concurrency,
+            usage: UsageSettings {
+                enabled: self.usage_analytics,
+                flush_interval: Duration::from_secs(self.usage_flush_seconds),
+                ..UsageSettings::default()
+            },
             routes,
             upstream_timeouts: UpstreamTimeouts {
                 connect: Duration::from_secs(self.upstream_connect_timeout),
@@ -332,6 +368,7 @@ impl ServeConfig {
             redis: None,
             legacy_bcrypt_concurrency: 1,
             connections: ConnectionLimits::default(),
+            usage: UsageSettings::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod rate_limit;
 pub mod route;
 pub mod scope;
 pub mod signing_key;
+pub mod usage;
 
 pub use error::{Error, FieldError};
 

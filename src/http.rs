@@ -11,6 +11,7 @@ mod ops;
 mod relay;
 pub mod state;
 mod token;
+mod usage;
 mod verify;
 
 use std::time::Instant;
@@ -24,6 +25,7 @@ pub use admin::{ClientListResponse, ClientResponse, ClientWithKeyResponse};
 pub use error::ApiError;
 pub use forward::Relay;
 pub use state::{AppState, Shared};
+pub use usage::{UsageResponse, csv as usage_csv};
 
 use crate::metrics::HttpLabels;
 
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::routes())
         .merge(openapi::routes())
         .merge(admin::routes())
+        .merge(usage::routes())
         .merge(verify::routes())
         .merge(token::routes())
         .fallback(relay::relay_or_not_found)

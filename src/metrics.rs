@@ -50,6 +50,10 @@ pub struct Metrics {
     pub legacy_bcrypt_checks: Counter,
     /// Checks of keys of the original service queued or running now.
     pub legacy_checks_queued: Gauge,
+    /// Uses not counted for usage analytics because the counters in memory were full.
+    pub usage_dropped: Counter,
+    /// Usage flushes that failed (their counts are kept and written later).
+    pub usage_flush_failures: Counter,
     upstream_latency: RouteLatencyFamily,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     relay_rate_limited: Family<RouteLabels, Counter>,
@@ -114,6 +118,18 @@ impl Default for Metrics {
             "Checks of keys adopted from the original service queued or running",
             legacy_checks_queued.clone(),
         );
+        let usage_dropped = Counter::default();
+        registry.register(
+            "usage_counts_dropped",
+            "Uses not counted for usage analytics because the counters in memory were full",
+            usage_dropped.clone(),
+        );
+        let usage_flush_failures = Counter::default();
+        registry.register(
+            "usage_flush_failures",
+            "Usage flushes that failed; their counts are kept and written by a later flush",
+            usage_flush_failures.clone(),
+        );
         let upstream_latency = RouteLatencyFamily::new_with_constructor(latency_histogram);
         registry.register(
             "upstream_response_seconds",
@@ -142,6 +158,8 @@ impl Default for Metrics {
             limiter_fallbacks,
             legacy_bcrypt_checks,
             legacy_checks_queued,
+            usage_dropped,
+            usage_flush_failures,
             upstream_latency,
             upstream_errors,
             relay_rate_limited,

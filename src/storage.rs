@@ -4,6 +4,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -86,7 +87,7 @@ pub type Edit<'a> = &'a (dyn Fn(&Client) -> (Client, NewAuditEvent) + Send + Syn
 pub type DeletionAudit<'a> = &'a (dyn Fn(&Client) -> NewAuditEvent + Send + Sync);
 
 #[async_trait::async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: usage::UsageStore + Send + Sync {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<(), Error>;
     async fn ping(&self) -> Result<(), Error>;

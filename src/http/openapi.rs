@@ -36,6 +36,8 @@ pub async fn openapi() -> impl IntoResponse {
         super::admin::regenerate_key,
         super::admin::delete_client,
         super::admin::list_audit,
+        super::usage::usage_series,
+        super::usage::top_clients,
         super::verify::verify_key,
         super::token::exchange_token,
         super::token::introspect,

@@ -1,6 +1,7 @@
 //! The relay routes: find the route by the canonical path, authenticate (API key or access
 //! token) and admit (the route's scope, one request from the client's rate limit) at the
-//! gate, then forward to the upstream (`forward`). Unmatched paths fall through to a 404.
+//! gate, then forward to the upstream (`forward`); the admission counts the use as allowed,
+//! or as an upstream error when the upstream fails it. Unmatched paths fall through to a 404.
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,7 @@ use super::state::AppState;
 use crate::domain::route::{Route, UnsafePath, canonical_path};
 use crate::domain::{self, address};
 use crate::service::auth::{Accepts, Caller};
+use crate::service::meter::Endpoint;
 
 /// Names the relay route that served a response, for the request metrics.
 #[derive(Clone)]
@@ -55,11 +57,18 @@ async fn relay(
     let Ok(ClientAddr(addr)) = ClientAddr::from_request_parts(&mut parts, state).await;
     let now = domain::now();
     let gate = &state.gate;
+    let accepts = Accepts::KeyOrToken {
+        route: &route.prefix,
+    };
     let caller = gate
-        .authenticate(credential(&parts.headers), Accepts::KeyOrToken, addr, now)
+        .authenticate(credential(&parts.headers), accepts, addr, now)
         .await?;
-    let decision = match gate.admit(&caller, Some(&route.scope), now).await {
-        Ok(decision) => decision,
+    let Caller::Client { client, scopes } = &caller else {
+        return Err(domain::Error::Unauthenticated.into());
+    };
+    let endpoint = Endpoint::Route(&route.prefix);
+    let mut admission = match gate.admit(&caller, endpoint, Some(&route.scope), now).await {
+        Ok(admission) => admission,
         Err(e) => {
             if matches!(e, domain::Error::OverLimit(_)) {
                 state.metrics.observe_relay_rate_limited(&route.prefix);
@@ -67,24 +76,30 @@ async fn relay(
             return Err(e.into());
         }
     };
-    let Caller::Client { client, scopes } = caller else {
-        return Err(domain::Error::Unauthenticated.into());
-    };
     let peer = parts
         .extensions
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| address::canonical(c.0.ip()));
     let who = Forwarded {
         client_id: client.client_id.as_str(),
-        scopes: &scopes,
+        scopes,
         peer,
         peer_trusted: peer.is_some_and(|p| state.trusted_proxies.contains(p)),
     };
     let req = Request::from_parts(parts, body);
-    let mut response = state
+    let forwarded = state
         .relay
         .forward(route, path, req, who, &state.metrics)
-        .await?;
-    response.headers_mut().extend(rate_limit_headers(&decision));
+        .await;
+    let mut response = match forwarded {
+        Ok(response) => response,
+        Err(e) => {
+            admission.upstream_failed();
+            return Err(e.into());
+        }
+    };
+    response
+        .headers_mut()
+        .extend(rate_limit_headers(&admission.decision));
     Ok(response)
 }

@@ -9,6 +9,7 @@ use crate::service::admin::ClientAdmin;
 use crate::service::auth::Gate;
 use crate::service::health::Health;
 use crate::service::token::TokenService;
+use crate::service::usage::UsageReports;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -30,6 +31,7 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub gate: Arc<Gate>,
     pub admin: Arc<ClientAdmin>,
+    pub usage: Arc<UsageReports>,
     pub tokens: Arc<TokenService>,
     pub health: Health,
     pub relay: Relay,

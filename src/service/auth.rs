@@ -5,7 +5,8 @@
 //! still standing behind it), then the accounting: a failure is charged to the address, a
 //! success noted for `last_used_at`. `authorize` and `admit` decide what a caller may do:
 //! its scope, and one request from its client's rate limit. Every endpoint that takes a
-//! credential goes through here; verification and introspection check keys here too.
+//! credential goes through here; verification and introspection check keys here too. And
+//! every use at verify, token and the relay routes is counted here, by its outcome (`meter`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::keyring::KeyRing;
+use super::last_used::LastUse;
 use super::legacy_key::{LegacyKeys, LegacyMatch};
-use super::usage::UsageRecorder;
+use super::meter::{Endpoint, Meter};
 use crate::cache::{CacheKey, ClientCache};
 use crate::domain::Error;
 use crate::domain::access_token::{self, Claims, TokenSettings};
@@ -24,6 +26,7 @@ use crate::domain::audit::Actor;
 use crate::domain::client::{Client, ClientId, ClientStatus};
 use crate::domain::rate_limit::Decision;
 use crate::domain::scope::{self, Scope};
+use crate::domain::usage::Outcome;
 use crate::limiter::{FailedAuthLimiter, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::Store;
@@ -44,10 +47,21 @@ pub enum Credential<'a> {
 pub enum Accepts<'a> {
     /// The admin API, verification and introspection: the admin token or an API key.
     AdminTokenOrKey,
-    /// The relay routes: an API key or an access token.
-    KeyOrToken,
+    /// A relay route (by its prefix): an API key or an access token.
+    KeyOrToken { route: &'a str },
     /// The token endpoint: an API key, of the client named when one is (`client_id`).
     ClientKey { client_id: Option<&'a str> },
+}
+
+impl<'a> Accepts<'a> {
+    /// Where a use is counted; admin endpoints count none.
+    fn endpoint(self) -> Option<Endpoint<'a>> {
+        match self {
+            Accepts::AdminTokenOrKey => None,
+            Accepts::KeyOrToken { route } => Some(Endpoint::Route(route)),
+            Accepts::ClientKey { .. } => Some(Endpoint::Token),
+        }
+    }
 }
 
 /// Who is calling, once authenticated.
@@ -77,6 +91,10 @@ impl Caller {
         }
     }
 
+    fn client_ref(&self) -> Option<&Client> {
+        self.client().map(|c| &**c)
+    }
+
     fn holds(&self, scope: &str) -> bool {
         match self {
             Caller::AdminToken => true,
@@ -90,8 +108,8 @@ impl Caller {
 pub enum KeyCheck {
     Valid(Arc<Client>),
     NotFound,
-    Disabled,
-    Expired,
+    Disabled(Arc<Client>),
+    Expired(Arc<Client>),
 }
 
 impl KeyCheck {
@@ -99,10 +117,39 @@ impl KeyCheck {
         match self {
             KeyCheck::Valid(_) => "VALID",
             KeyCheck::NotFound => "NOT_FOUND",
-            KeyCheck::Disabled => "DISABLED",
-            KeyCheck::Expired => "EXPIRED",
+            KeyCheck::Disabled(_) => "DISABLED",
+            KeyCheck::Expired(_) => "EXPIRED",
         }
     }
+
+    /// How a use of this key is counted when it is refused, and whose it is.
+    fn refusal(self) -> Refusal {
+        match self {
+            KeyCheck::Valid(client) => Refusal::of(Some(client), Outcome::Invalid),
+            KeyCheck::NotFound => Refusal::of(None, Outcome::Invalid),
+            KeyCheck::Disabled(client) => Refusal::of(Some(client), Outcome::Disabled),
+            KeyCheck::Expired(client) => Refusal::of(Some(client), Outcome::Expired),
+        }
+    }
+}
+
+/// A credential refused at authentication: whose it was, when it names a client still there,
+/// and how the use is counted.
+struct Refusal {
+    client: Option<Arc<Client>>,
+    outcome: Outcome,
+}
+
+impl Refusal {
+    fn of(client: Option<Arc<Client>>, outcome: Outcome) -> Self {
+        Refusal { client, outcome }
+    }
+}
+
+/// What an access token is worth now.
+enum TokenCheck {
+    Accepted(AcceptedToken),
+    Refused(Refusal),
 }
 
 /// An access token that is good now, with the scopes it grants now.
@@ -111,6 +158,31 @@ pub struct AcceptedToken {
     pub claims: Arc<Claims>,
     pub client: Arc<Client>,
     pub scopes: Vec<String>,
+}
+
+/// One request let through at `endpoint`: counted `allowed` when dropped, or
+/// `upstream_error` if the relay says the upstream failed it.
+pub struct Admission<'a> {
+    pub decision: Decision,
+    meter: &'a Meter,
+    client: &'a Client,
+    endpoint: Endpoint<'a>,
+    at: DateTime<Utc>,
+    outcome: Outcome,
+}
+
+impl Admission<'_> {
+    /// The upstream did not answer (502/504).
+    pub fn upstream_failed(&mut self) {
+        self.outcome = Outcome::UpstreamError;
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.meter
+            .count(Some(self.client), self.endpoint, self.outcome, self.at);
+    }
 }
 
 /// What `verify` says of a key.
@@ -128,7 +200,8 @@ pub enum Verification {
 pub struct GateParts {
     pub store: Arc<dyn Store>,
     pub cache: ClientCache,
-    pub usage: UsageRecorder,
+    pub last_used: LastUse,
+    pub meter: Arc<Meter>,
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<SecretString>,
     pub legacy: LegacyKeys,
@@ -141,7 +214,8 @@ pub struct GateParts {
 pub struct Gate {
     store: Arc<dyn Store>,
     cache: ClientCache,
-    usage: UsageRecorder,
+    last_used: LastUse,
+    meter: Arc<Meter>,
     metrics: Arc<Metrics>,
     /// SHA-256 of `RELAY_ADMIN_TOKEN`, so comparing it takes the same time whatever its length.
     admin_token: Option<KeyHash>,
@@ -154,8 +228,8 @@ pub struct Gate {
 
 fn status_check(client: Arc<Client>, now: DateTime<Utc>) -> KeyCheck {
     match client.status(now) {
-        ClientStatus::Disabled => KeyCheck::Disabled,
-        ClientStatus::Expired => KeyCheck::Expired,
+        ClientStatus::Disabled => KeyCheck::Disabled(client),
+        ClientStatus::Expired => KeyCheck::Expired(client),
         ClientStatus::Active => KeyCheck::Valid(client),
     }
 }
@@ -169,7 +243,8 @@ impl Gate {
                 .map(|t| KeyHash::of(t.expose_secret())),
             store: parts.store,
             cache: parts.cache,
-            usage: parts.usage,
+            last_used: parts.last_used,
+            meter: parts.meter,
             metrics: parts.metrics,
             legacy: parts.legacy,
             failed_auth: parts.failed_auth,
@@ -182,6 +257,8 @@ impl Gate {
     /// Authenticates what a request presents from `peer`. An address that has failed too
     /// often is still served with a valid credential (many callers may share it behind NAT or
     /// a proxy), but its failures are answered `RateLimited`, and it gets no bcrypt work.
+    /// A refused credential is counted where it was presented (not at the admin endpoints); a
+    /// missing one is no use of a credential and is not.
     pub async fn authenticate(
         &self,
         credential: Option<Credential<'_>>,
@@ -190,19 +267,23 @@ impl Gate {
         now: DateTime<Utc>,
     ) -> Result<Caller, Error> {
         let blocked = self.failed_auth.blocked_for(peer, now);
-        let caller = match credential {
-            Some(credential) => self.identify(credential, accepts, peer, now).await?,
+        let identified = match credential {
+            Some(credential) => Some(self.identify(credential, accepts, peer, now).await?),
             None => None,
         };
-        match caller {
-            Some(caller) => {
+        match identified {
+            Some(Ok(caller)) => {
                 // At the admin endpoints a use counts once the scope is granted (`authorize`).
                 if !matches!(accepts, Accepts::AdminTokenOrKey) {
                     self.record_use(&caller, now);
                 }
                 Ok(caller)
             }
-            None => {
+            refused => {
+                if let (Some(Err(refusal)), Some(endpoint)) = (&refused, accepts.endpoint()) {
+                    self.meter
+                        .count(refusal.client.as_deref(), endpoint, refusal.outcome, now);
+                }
                 self.failed_auth.record_failure(peer, now);
                 Err(match blocked {
                     Some(retry_after_seconds) => Error::RateLimited {
@@ -214,14 +295,14 @@ impl Gate {
         }
     }
 
-    /// The caller a credential names, or `None` if it names nobody who may call here.
+    /// The caller a credential names, or why it may not call here.
     async fn identify(
         &self,
         credential: Credential<'_>,
         accepts: Accepts<'_>,
         peer: IpAddr,
         now: DateTime<Utc>,
-    ) -> Result<Option<Caller>, Error> {
+    ) -> Result<Result<Caller, Refusal>, Error> {
         let (value, is_bearer) = match credential {
             Credential::ApiKey(value) => (value, false),
             Credential::Bearer(value) => (value, true),
@@ -229,23 +310,30 @@ impl Gate {
         match accepts {
             Accepts::AdminTokenOrKey => {
                 if self.is_admin_token(value) {
-                    return Ok(Some(Caller::AdminToken));
+                    return Ok(Ok(Caller::AdminToken));
                 }
                 self.key_caller(value, peer, now).await
             }
-            Accepts::KeyOrToken if is_bearer && !value.starts_with(api_key::PREFIX) => Ok(self
-                .accept_token(value, now)
-                .await?
-                .map(|t| Caller::Client {
-                    client: t.client,
-                    scopes: t.scopes,
-                })),
-            Accepts::KeyOrToken => self.key_caller(value, peer, now).await,
+            Accepts::KeyOrToken { .. } if is_bearer && !value.starts_with(api_key::PREFIX) => {
+                Ok(match self.check_token(value, now).await? {
+                    TokenCheck::Accepted(t) => Ok(Caller::Client {
+                        client: t.client,
+                        scopes: t.scopes,
+                    }),
+                    TokenCheck::Refused(refusal) => Err(refusal),
+                })
+            }
+            Accepts::KeyOrToken { .. } => self.key_caller(value, peer, now).await,
             Accepts::ClientKey { client_id } => {
                 let caller = self.key_caller(value, peer, now).await?;
-                Ok(caller.filter(|c| {
+                // A key presented with another client's id is a wrong secret for that client.
+                Ok(caller.and_then(|c| {
                     let owner = c.client().map(|c| c.client_id.as_str());
-                    client_id.is_none_or(|id| owner == Some(id))
+                    if client_id.is_none_or(|id| owner == Some(id)) {
+                        Ok(c)
+                    } else {
+                        Err(Refusal::of(None, Outcome::Invalid))
+                    }
                 }))
             }
         }
@@ -254,7 +342,7 @@ impl Gate {
     /// Notes a successful use of a client's credential for `last_used_at` (batched).
     fn record_use(&self, caller: &Caller, now: DateTime<Utc>) {
         if let Some(client) = caller.client() {
-            self.usage.record(&client.client_id, now);
+            self.last_used.record(&client.client_id, now);
         }
     }
 
@@ -269,13 +357,13 @@ impl Gate {
         key: &str,
         peer: IpAddr,
         now: DateTime<Utc>,
-    ) -> Result<Option<Caller>, Error> {
+    ) -> Result<Result<Caller, Refusal>, Error> {
         Ok(match self.check_key(key, peer, now).await? {
-            KeyCheck::Valid(client) => Some(Caller::Client {
+            KeyCheck::Valid(client) => Ok(Caller::Client {
                 scopes: client.scopes.clone(),
                 client,
             }),
-            _ => None,
+            refused => Err(refused.refusal()),
         })
     }
 
@@ -295,26 +383,51 @@ impl Gate {
         }
     }
 
-    /// Lets `caller` make one request needing exactly `scope` (a relay route's; `None` at
-    /// the token endpoint), taken from its client's rate limit.
-    pub async fn admit(
-        &self,
-        caller: &Caller,
+    /// Lets `caller` make one request at `endpoint` needing exactly `scope` (a relay
+    /// route's; `None` at the token endpoint), taken from its client's rate limit. A refusal
+    /// is counted here; the admission counts itself when dropped.
+    pub async fn admit<'a>(
+        &'a self,
+        caller: &'a Caller,
+        endpoint: Endpoint<'a>,
         scope: Option<&Scope>,
         now: DateTime<Utc>,
-    ) -> Result<Decision, Error> {
-        if let Some(scope) = scope.filter(|s| !caller.holds(s.as_str())) {
-            return Err(Error::Forbidden(scope.clone()));
-        }
-        let Some(client) = caller.client() else {
+    ) -> Result<Admission<'a>, Error> {
+        let Some(client) = caller.client_ref() else {
             return Err(Error::Unauthenticated);
         };
-        let decision = self.take_request(client, now).await;
-        if decision.allowed {
-            Ok(decision)
-        } else {
-            Err(Error::OverLimit(decision))
+        if let Some(scope) = scope.filter(|s| !caller.holds(s.as_str())) {
+            self.meter
+                .count(Some(client), endpoint, Outcome::Forbidden, now);
+            return Err(Error::Forbidden(scope.clone()));
         }
+        let decision = self.take_request(client, now).await;
+        if !decision.allowed {
+            self.meter
+                .count(Some(client), endpoint, Outcome::RateLimited, now);
+            return Err(Error::OverLimit(decision));
+        }
+        Ok(Admission {
+            decision,
+            meter: &self.meter,
+            client,
+            endpoint,
+            at: now,
+            outcome: Outcome::Allowed,
+        })
+    }
+
+    /// Counts a use refused after authentication for a reason of the endpoint's own (a token
+    /// asked for scopes the client does not hold).
+    pub fn count_refusal(
+        &self,
+        caller: &Caller,
+        endpoint: Endpoint<'_>,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) {
+        self.meter
+            .count(caller.client_ref(), endpoint, outcome, now);
     }
 
     /// One request from `client`'s rate limit, if its bucket has room.
@@ -335,17 +448,29 @@ impl Gate {
         let client = match self.check_key(key, peer, now).await? {
             KeyCheck::Valid(client) => client,
             other => {
-                self.metrics.observe_verification(other.code());
-                return Ok(Verification::Invalid(other.code()));
+                let code = other.code();
+                self.metrics.observe_verification(code);
+                let refusal = other.refusal();
+                self.meter.count(
+                    refusal.client.as_deref(),
+                    Endpoint::Verify,
+                    refusal.outcome,
+                    now,
+                );
+                return Ok(Verification::Invalid(code));
             }
         };
         let decision = self.take_request(&client, now).await;
         if !decision.allowed {
             self.metrics.observe_verification("RATE_LIMITED");
+            self.meter
+                .count(Some(&client), Endpoint::Verify, Outcome::RateLimited, now);
             return Ok(Verification::Invalid("RATE_LIMITED"));
         }
         self.metrics.observe_verification("VALID");
-        self.usage.record(&client.client_id, now);
+        self.meter
+            .count(Some(&client), Endpoint::Verify, Outcome::Allowed, now);
+        self.last_used.record(&client.client_id, now);
         Ok(Verification::Valid { client, decision })
     }
 
@@ -438,11 +563,22 @@ impl Gate {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<AcceptedToken>, Error> {
+        Ok(match self.check_token(token, now).await? {
+            TokenCheck::Accepted(accepted) => Some(accepted),
+            TokenCheck::Refused(_) => None,
+        })
+    }
+
+    /// A token with a bad signature or claims names no client; one whose client is disabled
+    /// or expired is that client's refused use; a revoked one (its client deleted or its key
+    /// regenerated) names no client that stands behind it.
+    async fn check_token(&self, token: &str, now: DateTime<Utc>) -> Result<TokenCheck, Error> {
+        let invalid = || TokenCheck::Refused(Refusal::of(None, Outcome::Invalid));
         let Ok(claims) = self.keyring.verify(token) else {
-            return Ok(None);
+            return Ok(invalid());
         };
         if access_token::check_claims(&claims, &self.tokens, now).is_err() {
-            return Ok(None);
+            return Ok(invalid());
         }
         let id = ClientId::new(&claims.client_id);
         let lookup = self
@@ -450,14 +586,22 @@ impl Gate {
             .get_or_load(CacheKey::Client(id.clone()), || self.store.client(&id))
             .await?;
         let Some(client) = lookup.client else {
-            return Ok(None);
+            return Ok(invalid());
         };
-        Ok(access_token::effective_scopes(&claims, &client, now)
-            .ok()
-            .map(|scopes| AcceptedToken {
-                claims,
-                client,
-                scopes,
-            }))
+        let outcome = match client.status(now) {
+            ClientStatus::Disabled => Outcome::Disabled,
+            ClientStatus::Expired => Outcome::Expired,
+            ClientStatus::Active => match access_token::effective_scopes(&claims, &client, now) {
+                Ok(scopes) => {
+                    return Ok(TokenCheck::Accepted(AcceptedToken {
+                        claims,
+                        client,
+                        scopes,
+                    }));
+                }
+                Err(_) => return Ok(invalid()),
+            },
+        };
+        Ok(TokenCheck::Refused(Refusal::of(Some(client), outcome)))
     }
 }

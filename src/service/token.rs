@@ -1,5 +1,6 @@
 //! Access tokens for clients: the OAuth 2.0 client-credentials exchange (authenticate the
-//! client's key at the gate, narrow the scopes, take one request from its rate limit, sign)
+//! client's key at the gate, narrow the scopes, take one request from its rate limit, sign;
+//! each exchange counted at the gate as a use of endpoint `token`)
 //! and introspection (RFC 7662) of tokens and keys. Accepting a token at the relay routes is
 //! the gate's; signing and signature checks are the key ring's.
 
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use super::auth::{Accepts, Credential, Gate, KeyCheck};
 use super::keyring::KeyRing;
+use super::meter::Endpoint;
 use crate::domain::Error;
 use crate::domain::access_token::{self, TokenSettings};
 use crate::domain::rate_limit::Decision;
@@ -83,9 +85,14 @@ impl TokenService {
             .authenticate(Some(credentials.credential), accepts, peer, now)
             .await?;
         let client = caller.client().ok_or(Error::Unauthenticated)?.clone();
-        let scopes = access_token::grant_scopes(&client, requested_scope)
-            .map_err(|_| Error::InvalidScope)?;
-        let decision = self.gate.admit(&caller, None, now).await?;
+        let Ok(scopes) = access_token::grant_scopes(&client, requested_scope) else {
+            let forbidden = crate::domain::usage::Outcome::Forbidden;
+            self.gate
+                .count_refusal(&caller, Endpoint::Token, forbidden, now);
+            return Err(Error::InvalidScope);
+        };
+        let admission = self.gate.admit(&caller, Endpoint::Token, None, now).await?;
+        let decision = admission.decision;
         let jti = crate::domain::random_hex(16)?; // 128 random bits (RFC 7519 §4.1.7)
         let claims = access_token::claims_for(&client, &scopes, &self.settings, now, jti);
         let access_token = self.keyring.sign(&claims).map_err(Error::internal)?;

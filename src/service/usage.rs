@@ -1,44 +1,240 @@
-//! `last_used_at` without a database write per request: uses are collected in memory and
-//! written in one batch every few seconds and at shutdown.
+//! Questions about usage, for the admin API, the console and the CLI: a series of buckets
+//! (zero-filled, aligned to UTC) for one client or all, and the clients that used the service
+//! most. Requests arrive as text and are validated here, every problem reported at once.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::Error;
 use crate::domain::client::ClientId;
+use crate::domain::usage::{self, BucketRange, Counters, Granularity};
+use crate::domain::{Error, FieldError};
 use crate::storage::Store;
+use crate::storage::usage::{ALL_CLIENTS, ClientUsage, SeriesQuery, TopQuery};
 
-#[derive(Clone, Default)]
-pub struct UsageRecorder {
-    pending: Arc<Mutex<HashMap<ClientId, DateTime<Utc>>>>,
+/// `GET /admin/usage`, as given.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesRequest {
+    pub client_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub granularity: Option<String>,
 }
 
-impl UsageRecorder {
-    pub fn record(&self, client: &ClientId, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.get_mut(client) {
-            Some(last) if *last >= at => {}
-            Some(last) => *last = at,
-            None => {
-                pending.insert(client.clone(), at);
+/// `GET /admin/usage/clients`, as given.
+#[derive(Debug, Clone, Default)]
+pub struct TopRequest {
+    pub endpoint: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub range: BucketRange,
+    /// Every bucket of the range, ascending.
+    pub buckets: Vec<(DateTime<Utc>, Counters)>,
+    pub totals: Counters,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopClients {
+    pub range: BucketRange,
+    pub clients: Vec<ClientUsage>,
+}
+
+pub const DEFAULT_TOP: u32 = 10;
+pub const MAX_TOP: u32 = 100;
+
+pub struct UsageReports {
+    store: Arc<dyn Store>,
+}
+
+/// Collects validation problems so one answer names them all.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn check<T>(&mut self, result: Result<T, Error>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(Error::Invalid(errors)) => {
+                self.0.extend(errors);
+                None
             }
+            Err(_) => None,
         }
     }
 
-    /// Writes what was collected; on failure keeps it for the next flush.
-    pub async fn flush(&self, store: &dyn Store) -> Result<(), Error> {
-        let batch: Vec<(ClientId, DateTime<Utc>)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect()
-        };
-        if let Err(e) = store.record_last_used(&batch).await {
-            for (client, at) in &batch {
-                self.record(client, *at);
-            }
-            return Err(e.into());
+    fn done(self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(self.0))
         }
-        Ok(())
+    }
+}
+
+fn timestamp(problems: &mut Problems, name: &str, text: Option<&str>) -> Option<DateTime<Utc>> {
+    text.and_then(|t| problems.check(usage::parse_timestamp(name, t)))
+}
+
+impl UsageReports {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        UsageReports { store }
+    }
+
+    pub async fn series(
+        &self,
+        request: SeriesRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Series, Error> {
+        let mut problems = Problems::default();
+        let from = timestamp(&mut problems, "from", request.from.as_deref());
+        let to = timestamp(&mut problems, "to", request.to.as_deref());
+        let granularity =
+            request.granularity.as_deref().and_then(|g| {
+                problems.check(Granularity::parse(g).ok_or_else(|| {
+                    Error::invalid("granularity", "must be `minute`, `hour` or `day`")
+                }))
+            });
+        let endpoint = request
+            .endpoint
+            .as_deref()
+            .and_then(|e| problems.check(usage::parse_endpoint(e)));
+        let client_id = request
+            .client_id
+            .as_deref()
+            .and_then(|id| problems.check(client_id(id)));
+        let range = if problems.0.is_empty() {
+            problems.check(BucketRange::covering(from, to, granularity, now))
+        } else {
+            None
+        };
+        problems.done()?;
+        let Some(range) = range else {
+            return Err(Error::invalid("from", "is not a valid range"));
+        };
+        if let Some(id) = &client_id {
+            if self.store.client(id).await?.is_none() {
+                return Err(Error::NotFound);
+            }
+        }
+        let query = SeriesQuery {
+            client_id: client_id.as_ref().map_or(ALL_CLIENTS, ClientId::as_str),
+            endpoint: endpoint.as_deref(),
+            range,
+        };
+        let stored = self.store.usage_series(&query).await?;
+        Ok(zero_filled(range, stored))
+    }
+
+    pub async fn top_clients(
+        &self,
+        request: TopRequest,
+        now: DateTime<Utc>,
+    ) -> Result<TopClients, Error> {
+        let mut problems = Problems::default();
+        let from = timestamp(&mut problems, "from", request.from.as_deref());
+        let to = timestamp(&mut problems, "to", request.to.as_deref());
+        let endpoint = request
+            .endpoint
+            .as_deref()
+            .and_then(|e| problems.check(usage::parse_endpoint(e)));
+        let limit = match request.limit {
+            None => DEFAULT_TOP,
+            Some(n) => problems
+                .check(
+                    u32::try_from(n)
+                        .ok()
+                        .filter(|n| (1..=MAX_TOP).contains(n))
+                        .ok_or_else(|| Error::invalid("limit", format!("must be 1..={MAX_TOP}"))),
+                )
+                .unwrap_or(DEFAULT_TOP),
+        };
+        // The buckets a series of the same range would show, so the two agree.
+        let range = if problems.0.is_empty() {
+            problems.check(BucketRange::covering(from, to, None, now))
+        } else {
+            None
+        };
+        problems.done()?;
+        let Some(range) = range else {
+            return Err(Error::invalid("from", "is not a valid range"));
+        };
+        let query = TopQuery {
+            endpoint: endpoint.as_deref(),
+            range,
+            limit,
+        };
+        let clients = self.store.top_clients(&query).await?;
+        Ok(TopClients { range, clients })
+    }
+}
+
+fn client_id(id: &str) -> Result<ClientId, Error> {
+    crate::domain::storable_text("client_id", id)?;
+    ClientId::parse(id).map_err(|_| {
+        Error::invalid(
+            "client_id",
+            "the client id must not contain control characters",
+        )
+    })
+}
+
+/// Every bucket of `range`, with the stored counts where there are some.
+fn zero_filled(range: BucketRange, stored: Vec<(DateTime<Utc>, Counters)>) -> Series {
+    let mut stored = stored.into_iter().peekable();
+    let mut totals = Counters::default();
+    let buckets = range
+        .starts()
+        .map(|start| {
+            let mut counters = Counters::default();
+            while let Some((_, c)) = stored.next_if(|(at, _)| *at <= start) {
+                counters.merge(&c);
+            }
+            totals.merge(&counters);
+            (start, counters)
+        })
+        .collect();
+    Series {
+        range,
+        buckets,
+        totals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::usage::Outcome;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn every_bucket_is_present_and_the_totals_add_up() {
+        let range = BucketRange::covering(
+            Some(at("2026-12-01T10:00:00Z")),
+            Some(at("2026-12-01T10:05:00Z")),
+            Some(Granularity::Minute),
+            at("2026-12-02T00:00:00Z"),
+        )
+        .unwrap();
+        let stored = vec![
+            (at("2026-12-01T10:01:00Z"), Counters::of(Outcome::Allowed)),
+            (at("2026-12-01T10:04:00Z"), Counters::of(Outcome::Invalid)),
+        ];
+        let series = zero_filled(range, stored);
+        let allowed: Vec<u64> = series.buckets.iter().map(|(_, c)| c.total()).collect();
+        assert_eq!(allowed, vec![0, 1, 0, 0, 1]);
+        assert_eq!(series.buckets[0].0, at("2026-12-01T10:00:00Z"));
+        assert_eq!(series.totals.get(Outcome::Allowed), 1);
+        assert_eq!(series.totals.get(Outcome::Invalid), 1);
     }
 }

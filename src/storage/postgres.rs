@@ -2,6 +2,10 @@
 //! service's `api_clients`, extended (see `migrations/postgres`); its legacy columns are
 //! nullable, so reads coalesce them to the original defaults.
 
+mod usage;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +31,8 @@ const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, COALESCE(name, '') AS
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Usage partitions known to exist (see `usage`), so a flush issues no DDL check.
+    partitions: Mutex<HashSet<String>>,
 }
 
 impl PostgresStore {
@@ -46,7 +52,10 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            partitions: Mutex::default(),
+        })
     }
 }
 

@@ -510,3 +510,84 @@ fn the_benchmark_harness_still_parses() {
         .unwrap();
     assert!(py.success());
 }
+
+/// Runs `relay usage ARGS` against `db`; returns (success, stdout, stderr).
+fn usage(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = relay()
+        .env("DATABASE_URL", &db.url)
+        .arg("usage")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_the_usage_counts_and_relay_usage_prints_them() {
+    let db = TestDb::new().await;
+    let token = crate::support::ADMIN_TOKEN;
+    // Flushes are 10 s apart: only the shutdown writes these counts in time.
+    let server = Server::start(
+        &db,
+        &[
+            ("RELAY_ADMIN_TOKEN", token),
+            ("RELAY_USAGE_FLUSH_SECONDS", "10"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/admin/clients", server.base))
+        .bearer_auth(token)
+        .json(&json!({"name": "counted"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["client"]["client_id"].as_str().unwrap().to_string();
+    let key = created["api_key"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{}/v1/keys/verify", server.base))
+            .bearer_auth(token)
+            .json(&json!({ "key": key }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    server.terminate();
+
+    let (ok, json_out, stderr) = usage(&db, &["--client", &id, "--json"]);
+    assert!(ok, "{stderr}");
+    let body: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(body["totals"]["allowed"], 3);
+    assert_eq!(body["granularity"], "hour");
+    let (ok, csv, _) = usage(&db, &["--client", &id, "--csv", "--granularity", "day"]);
+    assert!(ok);
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("start,allowed,rate_limited")
+    );
+    let days: u64 = lines
+        .map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(days, 3);
+    let (ok, table, _) = usage(&db, &["--client", &id]);
+    assert!(ok);
+    assert!(table.lines().next().unwrap().starts_with("START"));
+    let total = table.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    assert_eq!(total.split_whitespace().nth(1), Some("3"));
+    let (ok, _, stderr) = usage(&db, &["--granularity", "week"]);
+    assert!(!ok);
+    assert!(stderr.contains("granularity"), "{stderr}");
+}

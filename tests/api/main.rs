@@ -18,4 +18,5 @@ mod storage;
 mod support;
 mod token;
 mod upstream;
+mod usage;
 mod verify;

@@ -77,6 +77,8 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/admin/clients/{client_id}/enable", "post"),
         ("/admin/clients/{client_id}/regenerate", "post"),
         ("/admin/audit", "get"),
+        ("/admin/usage", "get"),
+        ("/admin/usage/clients", "get"),
         ("/v1/keys/verify", "post"),
         ("/v1/token", "post"),
         ("/v1/introspect", "post"),

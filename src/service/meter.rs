@@ -1,0 +1,433 @@
+//! Counting every use of a credential, per client, endpoint, outcome and minute, without a
+//! database write or a shared lock per request: each thread counts into a shard of its own
+//! (an uncontended mutex), and a flush every few seconds drains the shards into one batch of
+//! deltas for the minute, hour and day tables (see `storage::usage`). The counts in memory are
+//! bounded; what does not fit is counted as dropped (a metric and a log line), never silently.
+//! A flush that fails is kept and retried as it was, under its batch id, so it counts once.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::domain::Error;
+use crate::domain::client::{Client, ClientId};
+use crate::domain::usage::{Counters, Granularity, Outcome};
+use crate::storage::Store;
+use crate::storage::usage::{ALL_CLIENTS, UsageBatch, UsageRow};
+
+/// Where a credential was used.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint<'a> {
+    Verify,
+    Token,
+    /// A relay route, by its prefix.
+    Route(&'a str),
+}
+
+/// The most (client, endpoint, minute) counters held between flushes: about 100 MB at worst,
+/// reached only by a million distinct clients within one flush interval.
+pub const DEFAULT_CAPACITY: usize = 1_000_000;
+
+/// One counter's key: the client by row id (no string is hashed or cloned per request),
+/// the endpoint by its index in `Meter::endpoints`, the minute since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    client: Option<i64>,
+    endpoint: u16,
+    minute: i64,
+}
+
+/// A batch's rows of one bucket size while they are summed: `(client, bucket, endpoint)`.
+type Rows<'a> = BTreeMap<(String, DateTime<Utc>, &'a str), Counters>;
+
+struct Tally {
+    /// Cloned once, when the counter is created.
+    client_id: Option<ClientId>,
+    counters: Counters,
+}
+
+/// Aligned to a cache line pair, so two threads' shards never share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<HashMap<Key, Tally>>);
+
+/// Counters metrics of the meter itself.
+#[derive(Clone, Default)]
+pub struct MeterMetrics {
+    pub dropped: Counter,
+    pub flush_failures: Counter,
+}
+
+pub struct Meter {
+    enabled: bool,
+    /// `verify`, `token`, then the relay routes' prefixes.
+    endpoints: Vec<Box<str>>,
+    shards: Box<[Shard]>,
+    entries: AtomicUsize,
+    capacity: usize,
+    dropped_since_flush: AtomicU64,
+    /// The batch whose write failed, retried before anything newer.
+    pending: tokio::sync::Mutex<Option<UsageBatch>>,
+    node: String,
+    batches: AtomicU64,
+    metrics: MeterMetrics,
+}
+
+thread_local! {
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's shard number: threads take numbers in turn the first time they count.
+fn shard_number() -> usize {
+    SHARD.with(|shard| match shard.get() {
+        Some(n) => n,
+        None => {
+            let n = THREADS.fetch_add(1, Ordering::Relaxed);
+            shard.set(Some(n));
+            n
+        }
+    })
+}
+
+impl Meter {
+    /// A meter for the given relay route prefixes; `enabled: false` counts nothing.
+    pub fn new(
+        enabled: bool,
+        route_prefixes: impl IntoIterator<Item = String>,
+        capacity: usize,
+        metrics: MeterMetrics,
+    ) -> Result<Self, Error> {
+        let endpoints = ["verify".to_string(), "token".to_string()]
+            .into_iter()
+            .chain(route_prefixes)
+            .map(String::into_boxed_str)
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (0..(threads * 2).clamp(4, 64))
+            .map(|_| Shard::default())
+            .collect();
+        Ok(Meter {
+            enabled,
+            endpoints,
+            shards,
+            entries: AtomicUsize::new(0),
+            capacity,
+            dropped_since_flush: AtomicU64::new(0),
+            pending: tokio::sync::Mutex::new(None),
+            node: crate::domain::random_hex(8)?,
+            batches: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    fn endpoint_index(&self, endpoint: Endpoint<'_>) -> Option<u16> {
+        let index = match endpoint {
+            Endpoint::Verify => 0,
+            Endpoint::Token => 1,
+            Endpoint::Route(prefix) => self.endpoints.iter().position(|e| &**e == prefix)?,
+        };
+        u16::try_from(index).ok()
+    }
+
+    /// Counts one use: by `client` (`None`: the credential named none), at `endpoint`, at `at`.
+    pub fn count(
+        &self,
+        client: Option<&Client>,
+        endpoint: Endpoint<'_>,
+        outcome: Outcome,
+        at: DateTime<Utc>,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let Some(endpoint) = self.endpoint_index(endpoint) else {
+            self.drop_count();
+            return;
+        };
+        let key = Key {
+            client: client.map(|c| c.row_id),
+            endpoint,
+            minute: at.timestamp().div_euclid(60),
+        };
+        let shard = &self.shards[shard_number() % self.shards.len()];
+        let mut tallies = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tally) = tallies.get_mut(&key) {
+            tally.counters.add(outcome, 1);
+            return;
+        }
+        if self.entries.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            drop(tallies);
+            self.drop_count();
+            return;
+        }
+        tallies.insert(
+            key,
+            Tally {
+                client_id: client.map(|c| c.client_id.clone()),
+                counters: Counters::of(outcome),
+            },
+        );
+    }
+
+    fn drop_count(&self) {
+        self.metrics.dropped.inc();
+        self.dropped_since_flush.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drains every shard into one batch: rows for each bucket size, for each client and for
+    /// all clients together, sorted by key.
+    pub fn take_batch(&self, now: DateTime<Utc>) -> Result<UsageBatch, Error> {
+        // Keyed by text, not by index: every node then writes in the same order whatever
+        // its route table.
+        let mut tables: BTreeMap<Granularity, Rows<'_>> = BTreeMap::new();
+        for shard in &self.shards {
+            let tallies = std::mem::take(&mut *shard.0.lock().unwrap_or_else(|e| e.into_inner()));
+            self.entries.fetch_sub(tallies.len(), Ordering::Relaxed);
+            for (key, tally) in tallies {
+                let minute = DateTime::from_timestamp(key.minute * 60, 0).unwrap_or_default();
+                let endpoint = &*self.endpoints[usize::from(key.endpoint)];
+                let clients = tally
+                    .client_id
+                    .as_ref()
+                    .map(ClientId::as_str)
+                    .into_iter()
+                    .chain([ALL_CLIENTS]);
+                for client in clients {
+                    for granularity in Granularity::ALL {
+                        let row = (client.to_string(), granularity.floor(minute), endpoint);
+                        tables
+                            .entry(granularity)
+                            .or_default()
+                            .entry(row)
+                            .or_default()
+                            .merge(&tally.counters);
+                    }
+                }
+            }
+        }
+        let tables = tables
+            .into_iter()
+            .map(|(granularity, rows)| {
+                let rows = rows
+                    .into_iter()
+                    .map(|((client_id, bucket, endpoint), counters)| UsageRow {
+                        client_id,
+                        bucket,
+                        endpoint: endpoint.to_string(),
+                        counters,
+                    })
+                    .collect();
+                (granularity, rows)
+            })
+            .collect();
+        let sequence = self.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(UsageBatch {
+            id: format!("{}-{sequence}", self.node),
+            at: now,
+            tables,
+        })
+    }
+
+    /// Writes what was counted. A batch that failed before is written first, as it was; while
+    /// it keeps failing, new counts stay in memory (bounded).
+    pub async fn flush(&self, store: &dyn Store, now: DateTime<Utc>) -> Result<(), Error> {
+        let dropped = self.dropped_since_flush.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                capacity = self.capacity,
+                "usage counters full: uses were not counted"
+            );
+        }
+        let mut pending = self.pending.lock().await;
+        if let Some(batch) = pending.as_ref() {
+            self.write(store, batch).await?;
+            *pending = None;
+        }
+        let batch = self.take_batch(now)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = self.write(store, &batch).await;
+        if written.is_err() {
+            *pending = Some(batch);
+        }
+        written
+    }
+
+    async fn write(&self, store: &dyn Store, batch: &UsageBatch) -> Result<(), Error> {
+        match store.record_usage(batch).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.metrics.flush_failures.inc();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::client::{ClientDraft, NewClient};
+
+    fn client(row_id: i64) -> Client {
+        let now = crate::domain::now();
+        let draft = ClientDraft {
+            name: format!("c{row_id}"),
+            ..ClientDraft::default()
+        };
+        let key = crate::domain::api_key::generate().unwrap();
+        let mut client = NewClient::validate(draft, now).unwrap().into_client(
+            ClientId::generate().unwrap(),
+            &key,
+            now,
+        );
+        client.row_id = row_id;
+        client
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn rows(batch: &UsageBatch, granularity: Granularity) -> &[UsageRow] {
+        &batch
+            .tables
+            .iter()
+            .find(|(g, _)| *g == granularity)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up_in_one_sorted_batch() {
+        let meter = Meter::new(true, ["/v1/chat".into()], 1000, MeterMetrics::default()).unwrap();
+        let (a, b) = (client(1), client(2));
+        let t = at("2026-12-01T10:15:30Z");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..250 {
+                        meter.count(Some(&a), Endpoint::Route("/v1/chat"), Outcome::Allowed, t);
+                        meter.count(Some(&b), Endpoint::Verify, Outcome::RateLimited, t);
+                        meter.count(None, Endpoint::Token, Outcome::Invalid, t);
+                    }
+                });
+            }
+        });
+        let batch = meter.take_batch(t).unwrap();
+        let minute = rows(&batch, Granularity::Minute);
+        let keys: Vec<_> = minute
+            .iter()
+            .map(|r| (r.client_id.as_str(), r.endpoint.as_str()))
+            .collect();
+        let (ida, idb) = (a.client_id.as_str(), b.client_id.as_str());
+        let mut expected = vec![
+            ("*", "/v1/chat"),
+            ("*", "token"),
+            ("*", "verify"),
+            (ida, "/v1/chat"),
+            (idb, "verify"),
+        ];
+        expected.sort();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "rows come in key order");
+        assert_eq!(sorted, expected);
+        let of = |client: &str, endpoint: &str| {
+            minute
+                .iter()
+                .find(|r| r.client_id == client && r.endpoint == endpoint)
+                .unwrap()
+                .counters
+        };
+        assert_eq!(of(ida, "/v1/chat").get(Outcome::Allowed), 1000);
+        assert_eq!(of(idb, "verify").get(Outcome::RateLimited), 1000);
+        assert_eq!(of("*", "token").get(Outcome::Invalid), 1000);
+        assert_eq!(of("*", "/v1/chat").total(), 1000);
+        let hour = rows(&batch, Granularity::Hour);
+        assert!(hour.iter().all(|r| r.bucket == at("2026-12-01T10:00:00Z")));
+        assert!(
+            rows(&batch, Granularity::Day)
+                .iter()
+                .all(|r| r.bucket == at("2026-12-01T00:00:00Z"))
+        );
+        assert!(
+            meter.take_batch(t).unwrap().is_empty(),
+            "a batch drains the shards"
+        );
+    }
+
+    #[test]
+    fn minutes_are_kept_apart_and_rolled_into_one_hour() {
+        let meter = Meter::new(true, [], 1000, MeterMetrics::default()).unwrap();
+        let a = client(1);
+        meter.count(
+            Some(&a),
+            Endpoint::Verify,
+            Outcome::Allowed,
+            at("2026-12-01T10:00:59Z"),
+        );
+        meter.count(
+            Some(&a),
+            Endpoint::Verify,
+            Outcome::Allowed,
+            at("2026-12-01T10:01:00Z"),
+        );
+        let batch = meter.take_batch(crate::domain::now()).unwrap();
+        let of_client = |g| -> Vec<u64> {
+            rows(&batch, g)
+                .iter()
+                .filter(|r| r.client_id == a.client_id.as_str())
+                .map(|r| r.counters.get(Outcome::Allowed))
+                .collect()
+        };
+        assert_eq!(of_client(Granularity::Minute), vec![1, 1]);
+        assert_eq!(of_client(Granularity::Hour), vec![2]);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_counted_as_dropped() {
+        let metrics = MeterMetrics::default();
+        let meter = Meter::new(true, [], 2, metrics.clone()).unwrap();
+        let t = at("2026-12-01T10:00:00Z");
+        for row_id in 1..=5 {
+            meter.count(Some(&client(row_id)), Endpoint::Verify, Outcome::Allowed, t);
+        }
+        meter.count(Some(&client(1)), Endpoint::Verify, Outcome::Allowed, t);
+        assert_eq!(metrics.dropped.get(), 3);
+        let batch = meter.take_batch(t).unwrap();
+        let all = rows(&batch, Granularity::Minute)
+            .iter()
+            .find(|r| r.client_id == ALL_CLIENTS)
+            .unwrap();
+        assert_eq!(
+            all.counters.get(Outcome::Allowed),
+            3,
+            "two clients fitted, one twice"
+        );
+        meter.count(Some(&client(9)), Endpoint::Verify, Outcome::Allowed, t);
+        assert_eq!(metrics.dropped.get(), 3, "a drained meter has room again");
+    }
+
+    #[test]
+    fn a_disabled_meter_counts_nothing() {
+        let meter = Meter::new(false, [], 10, MeterMetrics::default()).unwrap();
+        meter.count(
+            None,
+            Endpoint::Verify,
+            Outcome::Invalid,
+            crate::domain::now(),
+        );
+        assert!(meter.take_batch(crate::domain::now()).unwrap().is_empty());
+    }
+}

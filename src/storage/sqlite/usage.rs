@@ -1,0 +1,145 @@
+//! Usage counts on SQLite: plain tables (one writer at a time, so no ordering concern), old
+//! buckets removed in small batches so no delete holds the write lock for long.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{SqliteStore, micros, time};
+use crate::domain::usage::{Counters, Granularity};
+use crate::storage::Error;
+use crate::storage::usage::{
+    ALL_CLIENTS, ClientUsage, SeriesQuery, TopQuery, UsageBatch, UsageStore, added_counters,
+    column_value, read_counters, summed_counters, table,
+};
+
+/// Rows removed per statement when pruning.
+const PRUNE_BATCH: u64 = 2000;
+
+#[async_trait::async_trait]
+impl UsageStore for SqliteStore {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, Error> {
+        let mut tx = self.write_tx().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO usage_batches (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&batch.id)
+        .bind(micros(batch.at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (granularity, rows) in &batch.tables {
+            let t = table(*granularity);
+            let sql = format!(
+                "INSERT INTO {t} (client_id, bucket_start, endpoint, allowed, rate_limited, \
+                 usage_exceeded, forbidden, disabled, expired, upstream_error, invalid) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (client_id, bucket_start, endpoint) DO UPDATE SET {}",
+                added_counters(t)
+            );
+            for row in rows {
+                let mut query = sqlx::query(&sql)
+                    .bind(row.client_id.as_str())
+                    .bind(micros(row.bucket))
+                    .bind(row.endpoint.as_str());
+                for n in row.counters.0 {
+                    query = query.bind(column_value(n));
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn usage_series(
+        &self,
+        query: &SeriesQuery<'_>,
+    ) -> Result<Vec<(DateTime<Utc>, Counters)>, Error> {
+        let sql = format!(
+            "SELECT bucket_start, {} FROM {} WHERE client_id = $1 \
+             AND bucket_start >= $2 AND bucket_start < $3 AND ($4 IS NULL OR endpoint = $4) \
+             GROUP BY bucket_start ORDER BY bucket_start",
+            summed_counters("INTEGER"),
+            table(query.range.granularity)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(query.client_id)
+            .bind(micros(query.range.start))
+            .bind(micros(query.range.end))
+            .bind(query.endpoint)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((time(row.try_get(0)?), read_counters(row, 1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
+
+    async fn top_clients(&self, query: &TopQuery<'_>) -> Result<Vec<ClientUsage>, Error> {
+        let sql = format!(
+            "WITH totals AS (SELECT client_id, {} FROM {} WHERE client_id <> $1 \
+             AND bucket_start >= $2 AND bucket_start < $3 AND ($4 IS NULL OR endpoint = $4) \
+             GROUP BY client_id) \
+             SELECT t.*, c.name FROM totals t LEFT JOIN api_clients c ON c.client_id = t.client_id \
+             ORDER BY t.allowed + t.rate_limited + t.usage_exceeded + t.forbidden + t.disabled \
+             + t.expired + t.upstream_error + t.invalid DESC, t.client_id LIMIT $5",
+            summed_counters("INTEGER"),
+            table(query.range.granularity)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ALL_CLIENTS)
+            .bind(micros(query.range.start))
+            .bind(micros(query.range.end))
+            .bind(query.endpoint)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClientUsage {
+                    client_id: row.try_get(0)?,
+                    counters: read_counters(row, 1)?,
+                    name: row.try_get(9)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
+
+    async fn prepare_usage(&self, _now: DateTime<Utc>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn prune_usage(
+        &self,
+        cutoffs: &[(Granularity, DateTime<Utc>)],
+        batches_before: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let targets = cutoffs
+            .iter()
+            .map(|(g, cutoff)| (table(*g), "bucket_start", *cutoff))
+            .chain([("usage_batches", "at", batches_before)]);
+        for (t, column, cutoff) in targets {
+            let sql = format!(
+                "DELETE FROM {t} WHERE rowid IN \
+                 (SELECT rowid FROM {t} WHERE {column} < $1 LIMIT {PRUNE_BATCH})"
+            );
+            // Each batch commits on its own, so writers wait for one batch at most.
+            while sqlx::query(&sql)
+                .bind(micros(cutoff))
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                == PRUNE_BATCH
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Usage counts as stored: one table per bucket size (`usage_minute`, `usage_hour`,
+//! `usage_day`), a row per client, bucket and endpoint with a column per outcome, plus rows
+//! under `ALL_CLIENTS` that hold every use together (those naming no client included). A flush
+//! adds its deltas with one upsert per table, in key order, so any number of nodes write at
+//! once without losing a count or deadlocking; its batch id makes a retried flush count once.
+
+use chrono::{DateTime, Utc};
+
+use super::Error;
+use crate::domain::usage::{BucketRange, Counters, Granularity, Outcome};
+
+/// The `client_id` of the rows that sum every use: no client id has this shape.
+pub const ALL_CLIENTS: &str = "*";
+
+/// One row's deltas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// A client's id, or `ALL_CLIENTS`.
+    pub client_id: String,
+    pub bucket: DateTime<Utc>,
+    pub endpoint: String,
+    pub counters: Counters,
+}
+
+/// What one flush writes: for each bucket size, rows sorted by `(client_id, bucket,
+/// endpoint)`, each key once.
+#[derive(Debug, Clone)]
+pub struct UsageBatch {
+    /// Unique per flush; written in the same transaction, so a retry of a batch that did
+    /// commit is recognised and not counted twice.
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub tables: Vec<(Granularity, Vec<UsageRow>)>,
+}
+
+impl UsageBatch {
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(|(_, rows)| rows.is_empty())
+    }
+}
+
+/// One series: a client's (or `ALL_CLIENTS`') buckets in a range, of one endpoint or all.
+#[derive(Debug, Clone)]
+pub struct SeriesQuery<'a> {
+    pub client_id: &'a str,
+    pub endpoint: Option<&'a str>,
+    pub range: BucketRange,
+}
+
+/// The clients with the most uses in a range.
+#[derive(Debug, Clone)]
+pub struct TopQuery<'a> {
+    pub endpoint: Option<&'a str>,
+    pub range: BucketRange,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientUsage {
+    pub client_id: String,
+    /// `None` once the client has been deleted (its counts stay).
+    pub name: Option<String>,
+    pub counters: Counters,
+}
+
+#[async_trait::async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Adds the batch's deltas in one transaction; `false` when this batch id was recorded
+    /// before (nothing is added again).
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, Error>;
+    /// The buckets of the range that hold counts, ascending (summed over endpoints unless
+    /// one is named).
+    async fn usage_series(
+        &self,
+        query: &SeriesQuery<'_>,
+    ) -> Result<Vec<(DateTime<Utc>, Counters)>, Error>;
+    /// Most uses first, ties by client id.
+    async fn top_clients(&self, query: &TopQuery<'_>) -> Result<Vec<ClientUsage>, Error>;
+    /// Prepares storage for the buckets around `now` (PostgreSQL creates partitions ahead).
+    async fn prepare_usage(&self, now: DateTime<Utc>) -> Result<(), Error>;
+    /// Forgets buckets older than each size's cutoff and batch ids older than
+    /// `batches_before`.
+    async fn prune_usage(
+        &self,
+        cutoffs: &[(Granularity, DateTime<Utc>)],
+        batches_before: DateTime<Utc>,
+    ) -> Result<(), Error>;
+}
+
+/// The counter columns, in the order of `Outcome::ALL`.
+pub(super) const COUNTER_COLUMNS: [&str; 8] = [
+    "allowed",
+    "rate_limited",
+    "usage_exceeded",
+    "forbidden",
+    "disabled",
+    "expired",
+    "upstream_error",
+    "invalid",
+];
+
+pub(super) fn table(granularity: Granularity) -> &'static str {
+    match granularity {
+        Granularity::Minute => "usage_minute",
+        Granularity::Hour => "usage_hour",
+        Granularity::Day => "usage_day",
+    }
+}
+
+/// `sum(allowed) AS allowed, ...`, each cast to what a backend reads as `i64`.
+pub(super) fn summed_counters(cast: &str) -> String {
+    COUNTER_COLUMNS
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS {cast}) AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `allowed = t.allowed + excluded.allowed, ...` for an upsert into `table`.
+pub(super) fn added_counters(table: &str) -> String {
+    COUNTER_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the eight counter columns starting at column `first`.
+pub(super) fn read_counters<R: sqlx::Row>(row: &R, first: usize) -> Result<Counters, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut counters = Counters::default();
+    for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+        let n: i64 = row.try_get(first + i)?;
+        counters.add(outcome, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counters)
+}
+
+/// A counter as a column value (counts never reach `i64::MAX`; saturate if one did).
+pub(super) fn column_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
