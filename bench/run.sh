@@ -11,18 +11,23 @@
 # 2. Scaling: warm and cold verify latency and server memory with SCALE clients in the
 #    database, seeded by bulk insert (examples/seed_clients.rs).
 # 3. Micro-benchmarks: `cargo bench --bench hot_path` (criterion).
+# Usage analytics: warm verify and relayed GETs with counting on and off (same binary, same
+# database, alternating ANALYTICS_PASSES times, median ratio), and on PostgreSQL a 30-day hourly
+# usage query for one client among USAGE_CLIENTS active ones (seeded by examples/seed_usage.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-64}"
 SCALE="${SCALE:-1000 100000 1000000}"
+ANALYTICS_PASSES="${ANALYTICS_PASSES:-6}"
+USAGE_CLIENTS="${USAGE_CLIENTS:-100000}"
 PG_SERVER="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 export RELAY_ADMIN_TOKEN="bench-admin-token-0123456789abcdef0123456789" RUST_LOG=warn
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet --bin relay --example bare_server --example bare_proxy --example seed_clients
+cargo build --release --quiet --bin relay --example bare_server --example bare_proxy --example seed_clients --example seed_usage
 
-for port in 9100 9101 9102 9103 9104 9105; do
+for port in 9100 9101 9102 9103 9104 9105 9106; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: stop what listens there first" >&2; exit 1
   fi
@@ -75,6 +80,7 @@ target/release/examples/bare_proxy 127.0.0.1:9102 http://127.0.0.1:9101 & pids+=
 sqlite="sqlite://$work/relay.db"
 serve 9100 "$sqlite" RELAY_UPSTREAM=http://127.0.0.1:9101
 serve 9103 "$sqlite" RELAY_CACHE_TTL=0
+serve 9106 "$sqlite" RELAY_UPSTREAM=http://127.0.0.1:9101 RELAY_USAGE_ANALYTICS=false
 warm=$(new_key 9100 warm); cold=$(new_key 9100 cold); tok=$(new_key 9100 token); relay_key=$(new_key 9100 relay)
 bad="${warm:0:50}$([ "${warm:50:1}" = A ] && echo B || echo A)"
 token=$(curl -sf localhost:9100/v1/token -H "X-API-Key: $(new_key 9100 relay-token)" -d grant_type=client_credentials \
@@ -124,6 +130,38 @@ for c in "${cases[@]}"; do
   label=${c%%|*}
   rows+=("$label|${best[$label]}")
 done
+
+# 1b. What counting costs: on (9100) and off (9106) in turn, the same keys and upstream.
+analytics_rows=()
+for pair in "POST /v1/keys/verify, warm key|/v1/keys/verify|verify_warm" "relay GET, API key|/v1/chat/x|relay_key"; do
+  IFS='|' read -r label path name <<<"$pair"
+  ratios=()
+  for pass in $(seq 1 "$ANALYTICS_PASSES"); do
+    read -r on _ _ _ <<<"$(wrk_run "http://127.0.0.1:9100$path" "$name" 5)"
+    read -r off _ _ _ <<<"$(wrk_run "http://127.0.0.1:9106$path" "$name" 5)"
+    ratios+=("$(python3 -c "print(f'{$on/$off:.4f}')")")
+    echo "counting, $label, pass $pass: on $on, off $off req/s" >&2
+  done
+  median=$(printf '%s\n' "${ratios[@]}" | sort -n | python3 -c 'import sys; v=[float(l) for l in sys.stdin]; n=len(v); print(f"{(v[n//2] if n % 2 else (v[n//2-1]+v[n//2])/2):.3f}")')
+  analytics_rows+=("$label|$median|${ratios[*]}")
+done
+usage_query=""
+if [ -n "${pg_db:-}" ]; then
+  usage_client=$(curl -sf "localhost:9104/admin/clients" -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" \
+    -H 'Content-Type: application/json' -d '{"name":"usage-bench"}' \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["client"]["client_id"])')
+  target/release/examples/seed_usage "$PG_SERVER/$pg_db" "$usage_client" "$USAGE_CLIENTS" 30
+  script usage_query GET "" "Authorization: Bearer $RELAY_ADMIN_TOKEN"
+  from=$(date -u -d '30 days ago' +%Y-%m-%dT%H:%M:%SZ)
+  url="http://127.0.0.1:9104/admin/usage?client_id=$usage_client&granularity=hour&from=$from"
+  curl -sf "$url" -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" | python3 -c '
+import json, sys
+body = json.load(sys.stdin)
+assert len(body["buckets"]) >= 720 and body["totals"]["allowed"] > 0, body["totals"]' 
+  out=$(wrk -t1 -c1 -d5s --latency -s "$work/usage_query.lua" "$url")
+  usage_query=$(awk '/^Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {print rps "|" p50 "|" p99}' <<<"$out")
+  echo "usage query: $usage_query" >&2
+fi
 for p in "${pids[@]:2}"; do kill "$p" 2>/dev/null || true; done
 pids=("${pids[@]:0:2}")
 
@@ -181,6 +219,25 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
     of_proxy=""; case "$label" in relay*) of_proxy=$(pct "$rps" "$proxy");; esac
     echo "| $label | $rps | $p50 | $p99 | $non | $(pct "$rps" "$ceiling") | $of_proxy |"
   done
+  echo
+  echo "## Usage analytics"
+  echo
+  echo "What counting every use costs: the same binary with \`RELAY_USAGE_ANALYTICS\` on and off, on"
+  echo "the same database, keys and upstream, 5 s each, on and off in turn $ANALYTICS_PASSES times."
+  echo
+  echo "| what | on/off throughput (median) | every pass |"
+  echo "|---|---:|---|"
+  for r in "${analytics_rows[@]}"; do
+    IFS='|' read -r label median all <<<"$r"
+    echo "| $label | $median | $all |"
+  done
+  if [ -n "$usage_query" ]; then
+    IFS='|' read -r qrps qp50 qp99 <<<"$usage_query"
+    echo
+    echo "\`GET /admin/usage\`, one client, 30 days by hour (721 buckets), PostgreSQL, among"
+    echo "$USAGE_CLIENTS other clients each active in 30 of those hours (one connection, 5 s):"
+    echo "p50 $qp50, p99 $qp99, $qrps queries/s."
+  fi
   echo
   echo "## Scaling with the number of clients (SQLite, 5 s per row)"
   echo

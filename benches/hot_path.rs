@@ -7,11 +7,13 @@ use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use egregore_relay::domain::access_token::Claims;
 use egregore_relay::domain::api_key::{self, KeyHash};
-use egregore_relay::domain::client::ClientId;
+use egregore_relay::domain::client::{ClientDraft, ClientId, NewClient};
 use egregore_relay::domain::rate_limit;
 use egregore_relay::domain::signing_key::SigningKey;
+use egregore_relay::domain::usage::Outcome;
 use egregore_relay::limiter::{LocalRateLimiter, RateLimiter};
 use egregore_relay::service::keyring::KeyRing;
+use egregore_relay::service::meter::{Endpoint, Meter, MeterMetrics};
 
 fn claims() -> Claims {
     let now = Utc::now().timestamp();
@@ -62,6 +64,32 @@ fn hot_path(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("{e}"));
     c.bench_function("rate-limit decision (in-process limiter)", |b| {
         b.iter(|| runtime.block_on(limiter.acquire(&client, 1_000_000, now)))
+    });
+
+    // What usage analytics adds to a request: one count into this thread's shard.
+    let meter = Meter::new(
+        true,
+        ["/v1/chat".to_string()],
+        1_000_000,
+        MeterMetrics::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let draft = ClientDraft {
+        name: "bench".into(),
+        ..ClientDraft::default()
+    };
+    let owner = NewClient::validate(draft, now)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_client(client.clone(), &key, now);
+    c.bench_function("usage count (meter, one client)", |b| {
+        b.iter(|| {
+            meter.count(
+                Some(black_box(&owner)),
+                Endpoint::Route("/v1/chat"),
+                Outcome::Allowed,
+                now,
+            )
+        })
     });
 }
 

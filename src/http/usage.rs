@@ -194,8 +194,8 @@ pub fn csv(series: &Series) -> String {
 }
 
 #[utoipa::path(get, path = "/admin/usage", tag = "usage", params(UsageParams),
-    responses((status = 200, body = UsageResponse,
-               description = "The buckets; with `Accept: text/csv`, the same as CSV"),
+    responses((status = 200, description = "The buckets; with `Accept: text/csv`, the same as CSV",
+               content((UsageResponse = "application/json"), (String = "text/csv"))),
               (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]

@@ -70,7 +70,8 @@ pub struct Meter {
     entries: AtomicUsize,
     capacity: usize,
     dropped_since_flush: AtomicU64,
-    /// The batch whose write failed, retried before anything newer.
+    /// The batch whose write failed, retried before anything newer. An async lock: held
+    /// across the write, so two flushes (the timer's, the shutdown's) never interleave.
     pending: tokio::sync::Mutex<Option<UsageBatch>>,
     node: String,
     batches: AtomicU64,

@@ -107,8 +107,70 @@ pub(super) fn table(granularity: Granularity) -> &'static str {
     }
 }
 
+/// How a backend spells what the shared queries need.
+pub(super) struct Dialect {
+    /// The type a backend reads as `i64`.
+    pub integer: &'static str,
+    /// The optional endpoint parameter, `$4`, typed so `IS NULL` works on it.
+    pub endpoint_param: &'static str,
+}
+
+/// One series: `$1` client, `$2`..`$3` bucket range, `$4` endpoint or NULL.
+pub(super) fn series_sql(granularity: Granularity, dialect: &Dialect) -> String {
+    format!(
+        "SELECT bucket_start, {} FROM {} WHERE client_id = $1 \
+         AND bucket_start >= $2 AND bucket_start < $3 AND ({e} IS NULL OR endpoint = {e}) \
+         GROUP BY bucket_start ORDER BY bucket_start",
+        summed_counters(dialect.integer),
+        table(granularity),
+        e = dialect.endpoint_param,
+    )
+}
+
+/// Top clients: `$1` `ALL_CLIENTS` (left out), `$2`..`$3` bucket range, `$4` endpoint or
+/// NULL, `$5` limit. Columns: client_id, the counters, name.
+pub(super) fn top_clients_sql(granularity: Granularity, dialect: &Dialect) -> String {
+    format!(
+        "WITH totals AS (SELECT client_id, {} FROM {} WHERE client_id <> $1 \
+         AND bucket_start >= $2 AND bucket_start < $3 AND ({e} IS NULL OR endpoint = {e}) \
+         GROUP BY client_id) \
+         SELECT t.*, c.name FROM totals t LEFT JOIN api_clients c ON c.client_id = t.client_id \
+         ORDER BY {} DESC, t.client_id LIMIT $5",
+        summed_counters(dialect.integer),
+        table(granularity),
+        COUNTER_COLUMNS.map(|c| format!("t.{c}")).join(" + "),
+        e = dialect.endpoint_param,
+    )
+}
+
+/// An upsert of one row per placeholder set `values` into `table`, adding to what is there.
+pub(super) fn upsert_sql(granularity: Granularity, values: &str) -> String {
+    let t = table(granularity);
+    format!(
+        "INSERT INTO {t} (client_id, bucket_start, endpoint, {}) {values} \
+         ON CONFLICT (client_id, bucket_start, endpoint) DO UPDATE SET {}",
+        COUNTER_COLUMNS.join(", "),
+        added_counters(t)
+    )
+}
+
+/// A row of `top_clients_sql`.
+pub(super) fn client_usage<R: sqlx::Row>(row: &R) -> Result<ClientUsage, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ClientUsage {
+        client_id: row.try_get(0)?,
+        counters: read_counters(row, 1)?,
+        name: row.try_get(1 + COUNTER_COLUMNS.len())?,
+    })
+}
+
 /// `sum(allowed) AS allowed, ...`, each cast to what a backend reads as `i64`.
-pub(super) fn summed_counters(cast: &str) -> String {
+fn summed_counters(cast: &str) -> String {
     COUNTER_COLUMNS
         .iter()
         .map(|c| format!("CAST(SUM({c}) AS {cast}) AS {c}"))
@@ -117,7 +179,7 @@ pub(super) fn summed_counters(cast: &str) -> String {
 }
 
 /// `allowed = t.allowed + excluded.allowed, ...` for an upsert into `table`.
-pub(super) fn added_counters(table: &str) -> String {
+fn added_counters(table: &str) -> String {
     COUNTER_COLUMNS
         .iter()
         .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))

@@ -614,3 +614,30 @@ async fn a_digest_stops_working_when_the_hash_it_was_checked_against_changes() {
     assert_eq!(app.verify(&old_key).await["code"], "NOT_FOUND");
     drop(app);
 }
+
+#[tokio::test]
+async fn uses_of_adopted_keys_are_counted_under_their_adopted_client() {
+    let Some((db, clients)) = legacy_db_of(2, 4).await else {
+        return;
+    };
+    let mut config = crate::support::test_config();
+    config.usage.flush_interval = Duration::from_millis(100);
+    let mut app = TestApp::spawn_on(db, config).await;
+    for _ in 0..3 {
+        assert_eq!(app.verify(&clients[1].key).await["valid"], true);
+    }
+    app.stop().await;
+    let series = egregore_relay::service::usage::UsageReports::new(app.store.clone())
+        .series(
+            egregore_relay::service::usage::SeriesRequest {
+                client_id: Some(clients[1].client_id.clone()),
+                ..Default::default()
+            },
+            egregore_relay::domain::now(),
+        )
+        .await
+        .unwrap();
+    let allowed = egregore_relay::domain::usage::Outcome::Allowed;
+    assert_eq!(series.totals.get(allowed), 3);
+    assert_eq!(series.totals.total(), 3);
+}

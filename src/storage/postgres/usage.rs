@@ -13,8 +13,13 @@ use super::PostgresStore;
 use crate::domain::usage::{Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
-    ALL_CLIENTS, ClientUsage, SeriesQuery, TopQuery, UsageBatch, UsageRow, UsageStore,
-    added_counters, column_value, read_counters, summed_counters, table,
+    ALL_CLIENTS, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageRow, UsageStore,
+    client_usage, column_value, read_counters, series_sql, table, top_clients_sql, upsert_sql,
+};
+
+const DIALECT: Dialect = Dialect {
+    integer: "BIGINT",
+    endpoint_param: "$4::text",
 };
 
 /// Serialises partition DDL between nodes ("relay-us" in ASCII).
@@ -190,14 +195,10 @@ impl PostgresStore {
             if rows.is_empty() {
                 continue;
             }
-            let t = table(*granularity);
-            let sql = format!(
-                "INSERT INTO {t} (client_id, bucket_start, endpoint, allowed, rate_limited, \
-                 usage_exceeded, forbidden, disabled, expired, upstream_error, invalid) \
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int8[], \
-                 $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[]) \
-                 ON CONFLICT (client_id, bucket_start, endpoint) DO UPDATE SET {}",
-                added_counters(t)
+            let sql = upsert_sql(
+                *granularity,
+                "SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::int8[], \
+                 $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])",
             );
             let mut query = sqlx::query(&sql)
                 .bind(
@@ -246,13 +247,7 @@ impl UsageStore for PostgresStore {
         &self,
         query: &SeriesQuery<'_>,
     ) -> Result<Vec<(DateTime<Utc>, Counters)>, Error> {
-        let sql = format!(
-            "SELECT bucket_start, {} FROM {} WHERE client_id = $1 \
-             AND bucket_start >= $2 AND bucket_start < $3 AND ($4::text IS NULL OR endpoint = $4) \
-             GROUP BY bucket_start ORDER BY bucket_start",
-            summed_counters("BIGINT"),
-            table(query.range.granularity)
-        );
+        let sql = series_sql(query.range.granularity, &DIALECT);
         let rows = sqlx::query(&sql)
             .bind(query.client_id)
             .bind(query.range.start)
@@ -267,16 +262,7 @@ impl UsageStore for PostgresStore {
     }
 
     async fn top_clients(&self, query: &TopQuery<'_>) -> Result<Vec<ClientUsage>, Error> {
-        let sql = format!(
-            "WITH totals AS (SELECT client_id, {} FROM {} WHERE client_id <> $1 \
-             AND bucket_start >= $2 AND bucket_start < $3 AND ($4::text IS NULL OR endpoint = $4) \
-             GROUP BY client_id) \
-             SELECT t.*, c.name FROM totals t LEFT JOIN api_clients c ON c.client_id = t.client_id \
-             ORDER BY t.allowed + t.rate_limited + t.usage_exceeded + t.forbidden + t.disabled \
-             + t.expired + t.upstream_error + t.invalid DESC, t.client_id LIMIT $5",
-            summed_counters("BIGINT"),
-            table(query.range.granularity)
-        );
+        let sql = top_clients_sql(query.range.granularity, &DIALECT);
         let rows = sqlx::query(&sql)
             .bind(ALL_CLIENTS)
             .bind(query.range.start)
@@ -286,13 +272,7 @@ impl UsageStore for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|row| {
-                Ok(ClientUsage {
-                    client_id: row.try_get(0)?,
-                    counters: read_counters(row, 1)?,
-                    name: row.try_get(9)?,
-                })
-            })
+            .map(client_usage)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Error::from)
     }

@@ -8,8 +8,13 @@ use super::{SqliteStore, micros, time};
 use crate::domain::usage::{Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
-    ALL_CLIENTS, ClientUsage, SeriesQuery, TopQuery, UsageBatch, UsageStore, added_counters,
-    column_value, read_counters, summed_counters, table,
+    ALL_CLIENTS, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageStore, client_usage,
+    column_value, read_counters, series_sql, table, top_clients_sql, upsert_sql,
+};
+
+const DIALECT: Dialect = Dialect {
+    integer: "INTEGER",
+    endpoint_param: "$4",
 };
 
 /// Rows removed per statement when pruning.
@@ -33,13 +38,9 @@ impl UsageStore for SqliteStore {
             return Ok(false);
         }
         for (granularity, rows) in &batch.tables {
-            let t = table(*granularity);
-            let sql = format!(
-                "INSERT INTO {t} (client_id, bucket_start, endpoint, allowed, rate_limited, \
-                 usage_exceeded, forbidden, disabled, expired, upstream_error, invalid) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (client_id, bucket_start, endpoint) DO UPDATE SET {}",
-                added_counters(t)
+            let sql = upsert_sql(
+                *granularity,
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             );
             for row in rows {
                 let mut query = sqlx::query(&sql)
@@ -60,13 +61,7 @@ impl UsageStore for SqliteStore {
         &self,
         query: &SeriesQuery<'_>,
     ) -> Result<Vec<(DateTime<Utc>, Counters)>, Error> {
-        let sql = format!(
-            "SELECT bucket_start, {} FROM {} WHERE client_id = $1 \
-             AND bucket_start >= $2 AND bucket_start < $3 AND ($4 IS NULL OR endpoint = $4) \
-             GROUP BY bucket_start ORDER BY bucket_start",
-            summed_counters("INTEGER"),
-            table(query.range.granularity)
-        );
+        let sql = series_sql(query.range.granularity, &DIALECT);
         let rows = sqlx::query(&sql)
             .bind(query.client_id)
             .bind(micros(query.range.start))
@@ -81,16 +76,7 @@ impl UsageStore for SqliteStore {
     }
 
     async fn top_clients(&self, query: &TopQuery<'_>) -> Result<Vec<ClientUsage>, Error> {
-        let sql = format!(
-            "WITH totals AS (SELECT client_id, {} FROM {} WHERE client_id <> $1 \
-             AND bucket_start >= $2 AND bucket_start < $3 AND ($4 IS NULL OR endpoint = $4) \
-             GROUP BY client_id) \
-             SELECT t.*, c.name FROM totals t LEFT JOIN api_clients c ON c.client_id = t.client_id \
-             ORDER BY t.allowed + t.rate_limited + t.usage_exceeded + t.forbidden + t.disabled \
-             + t.expired + t.upstream_error + t.invalid DESC, t.client_id LIMIT $5",
-            summed_counters("INTEGER"),
-            table(query.range.granularity)
-        );
+        let sql = top_clients_sql(query.range.granularity, &DIALECT);
         let rows = sqlx::query(&sql)
             .bind(ALL_CLIENTS)
             .bind(micros(query.range.start))
@@ -100,13 +86,7 @@ impl UsageStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|row| {
-                Ok(ClientUsage {
-                    client_id: row.try_get(0)?,
-                    counters: read_counters(row, 1)?,
-                    name: row.try_get(9)?,
-                })
-            })
+            .map(client_usage)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Error::from)
     }
