@@ -18,6 +18,7 @@ use crate::limiter::{FailedAuthLimiter, LocalRateLimiter, RateLimiter, RedisRate
 use crate::metrics::Metrics;
 use crate::service::admin::ClientAdmin;
 use crate::service::auth::{Gate, GateParts};
+use crate::service::console::ConsoleSessions;
 use crate::service::health::Health;
 use crate::service::keyring::{KeyRing, SigningKeys};
 use crate::service::last_used::LastUse;
@@ -72,7 +73,7 @@ pub async fn serve(
         .signing_key_secret
         .as_ref()
         .map(|secret| SeedSeal::from_secret(secret.expose_secret()));
-    let signing_keys = SigningKeys::new(store.clone(), seal);
+    let signing_keys = Arc::new(SigningKeys::new(store.clone(), seal));
     signing_keys
         .load_into(&keyring, crate::domain::now())
         .await?;
@@ -98,6 +99,9 @@ pub async fn serve(
     let state = AppState::new(Shared {
         admin: Arc::new(ClientAdmin::new(store.clone(), Some(cache.clone()))),
         usage: Arc::new(UsageReports::new(store.clone())),
+        console: Arc::new(ConsoleSessions::new(store.clone(), gate.clone())),
+        signing_keys: signing_keys.clone(),
+        console_cookie_secure: config.tokens.issuer.starts_with("https://"),
         tokens: Arc::new(TokenService::new(
             gate.clone(),
             keyring.clone(),
@@ -147,7 +151,7 @@ pub async fn serve(
 struct Background {
     store: Arc<dyn Store>,
     feed: ChangeFeed,
-    signing_keys: SigningKeys,
+    signing_keys: Arc<SigningKeys>,
     keyring: Arc<KeyRing>,
     cache: ClientCache,
     last_used: LastUse,
@@ -210,6 +214,9 @@ impl Background {
                         tracing::warn!(error = %e, "could not prune the change log");
                     }
                     self.maintain_usage(now).await;
+                    if let Err(e) = self.store.prune_sessions(now).await {
+                        tracing::warn!(error = %e, "could not prune ended console sessions");
+                    }
                 }
             }
         }

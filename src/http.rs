@@ -3,6 +3,7 @@
 //! shapes the answer.
 
 mod admin;
+mod console;
 mod error;
 mod extract;
 mod forward;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         .merge(admin::routes())
         .merge(usage::routes())
+        .merge(console::routes())
         .merge(verify::routes())
         .merge(token::routes())
         .fallback(relay::relay_or_not_found)

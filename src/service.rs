@@ -3,10 +3,11 @@
 //! clients; `token` exchanges keys for access tokens and introspects them; `keyring` holds the
 //! token-signing keys; `legacy_key` finds keys adopted from the original service; `last_used`
 //! batches `last_used_at`; `meter` counts every use for usage analytics and `usage` answers
-//! questions about them.
+//! questions about them; `console` keeps the web console's sessions.
 
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod console;
 pub(crate) mod health;
 pub mod keyring;
 pub(crate) mod last_used;

@@ -2,6 +2,7 @@
 //! PostgreSQL implementation. It returns domain types and enforces no business rule: what to
 //! write is decided by the caller (see the `edit` closure of `update_client`).
 
+pub mod console;
 mod postgres;
 mod sqlite;
 pub mod usage;
@@ -87,7 +88,7 @@ pub type Edit<'a> = &'a (dyn Fn(&Client) -> (Client, NewAuditEvent) + Send + Syn
 pub type DeletionAudit<'a> = &'a (dyn Fn(&Client) -> NewAuditEvent + Send + Sync);
 
 #[async_trait::async_trait]
-pub trait Store: usage::UsageStore + Send + Sync {
+pub trait Store: usage::UsageStore + console::ConsoleStore + Send + Sync {
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<(), Error>;
     async fn ping(&self) -> Result<(), Error>;

@@ -85,6 +85,10 @@ impl ApiError {
         ApiError::new(status, status.canonical_reason().unwrap_or("error"))
     }
 
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

@@ -7,7 +7,9 @@ use crate::domain::address::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::service::admin::ClientAdmin;
 use crate::service::auth::Gate;
+use crate::service::console::ConsoleSessions;
 use crate::service::health::Health;
+use crate::service::keyring::SigningKeys;
 use crate::service::token::TokenService;
 use crate::service::usage::UsageReports;
 
@@ -32,6 +34,10 @@ pub struct Shared {
     pub gate: Arc<Gate>,
     pub admin: Arc<ClientAdmin>,
     pub usage: Arc<UsageReports>,
+    pub console: Arc<ConsoleSessions>,
+    pub signing_keys: Arc<SigningKeys>,
+    /// Console cookies carry `Secure` when the service's public URL is https.
+    pub console_cookie_secure: bool,
     pub tokens: Arc<TokenService>,
     pub health: Health,
     pub relay: Relay,

@@ -15,6 +15,7 @@ use crate::domain::client::{
     self, Client, ClientChanges, ClientDraft, ClientId, ClientUpdate, NewClient,
 };
 use crate::domain::scope::Scope;
+use crate::storage::console::StatusCounts;
 use crate::storage::{AuditQuery, ClientCursor, ClientQuery, Store};
 
 pub const MAX_PAGE: u32 = 500;
@@ -224,6 +225,15 @@ impl ClientAdmin {
             .ok_or(Error::NotFound)?;
         self.invalidate(id);
         Ok(())
+    }
+
+    /// How many clients are enabled, disabled, expired, and expiring before `soon`.
+    pub async fn status_counts(
+        &self,
+        now: DateTime<Utc>,
+        soon: DateTime<Utc>,
+    ) -> Result<StatusCounts, Error> {
+        Ok(self.store.status_counts(now, soon).await?)
     }
 
     pub async fn audit(&self, request: AuditRequest) -> Result<Page<AuditEvent>, Error> {

@@ -383,6 +383,35 @@ impl Gate {
         }
     }
 
+    /// Signs an admin in (the console): the admin token or a key holding `admin`. Any other
+    /// credential is `Unauthenticated` and counts as a failed authentication of `peer`.
+    pub async fn sign_in_admin(
+        &self,
+        credential: &str,
+        peer: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, Error> {
+        let presented = Some(Credential::Bearer(credential));
+        let caller = self
+            .authenticate(presented, Accepts::AdminTokenOrKey, peer, now)
+            .await?;
+        if self.authorize(&caller, &Scope::ADMIN, now).is_err() {
+            self.failed_auth.record_failure(peer, now);
+            return Err(Error::Unauthenticated);
+        }
+        Ok(caller)
+    }
+
+    /// The client as it stands now, through the cache (which every change reaches within a
+    /// second); `None` once deleted.
+    pub async fn current_client(&self, id: &ClientId) -> Result<Option<Arc<Client>>, Error> {
+        let lookup = self
+            .cache
+            .get_or_load(CacheKey::Client(id.clone()), || self.store.client(id))
+            .await?;
+        Ok(lookup.client)
+    }
+
     /// Lets `caller` make one request at `endpoint` needing exactly `scope` (a relay
     /// route's; `None` at the token endpoint), taken from its client's rate limit. A refusal
     /// is counted here; the admission counts itself when dropped.

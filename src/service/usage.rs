@@ -122,13 +122,34 @@ impl UsageReports {
                 return Err(Error::NotFound);
             }
         }
+        self.series_of(client_id.as_ref(), endpoint.as_deref(), range)
+            .await
+    }
+
+    /// The series of a client (or every use, for `None`) over whole buckets, already valid.
+    pub async fn series_of(
+        &self,
+        client_id: Option<&ClientId>,
+        endpoint: Option<&str>,
+        range: BucketRange,
+    ) -> Result<Series, Error> {
         let query = SeriesQuery {
-            client_id: client_id.as_ref().map_or(ALL_CLIENTS, ClientId::as_str),
-            endpoint: endpoint.as_deref(),
+            client_id: client_id.map_or(ALL_CLIENTS, ClientId::as_str),
+            endpoint,
             range,
         };
         let stored = self.store.usage_series(&query).await?;
         Ok(zero_filled(range, stored))
+    }
+
+    /// The `limit` clients with the most uses over whole buckets, already valid.
+    pub async fn top_of(&self, range: BucketRange, limit: u32) -> Result<Vec<ClientUsage>, Error> {
+        let query = TopQuery {
+            endpoint: None,
+            range,
+            limit,
+        };
+        Ok(self.store.top_clients(&query).await?)
     }
 
     pub async fn top_clients(

@@ -2,6 +2,7 @@
 //! service's `api_clients`, extended (see `migrations/postgres`); its legacy columns are
 //! nullable, so reads coalesce them to the original defaults.
 
+mod console;
 mod usage;
 
 use std::collections::HashSet;

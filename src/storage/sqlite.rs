@@ -2,6 +2,7 @@
 //! scopes and metadata JSON text. Writes take the write lock up front (`BEGIN IMMEDIATE`) so a
 //! read-then-write transaction never fails on a lock upgrade.
 
+mod console;
 mod usage;
 
 use std::str::FromStr;

@@ -6,8 +6,10 @@
 mod addresses;
 mod admin;
 mod binary;
+mod browser;
 mod concurrency;
 mod connections;
+mod console;
 mod errors;
 mod legacy;
 mod nodes;

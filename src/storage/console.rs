@@ -1,0 +1,44 @@
+//! Console sessions as stored (by the SHA-256 of their token), and the client counts the
+//! console's overview shows.
+
+use chrono::{DateTime, Utc};
+
+use super::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// SHA-256 (hex) of the cookie's token.
+    pub token_hash: String,
+    /// `admin-token` or the admin client's id, as audit rows name it.
+    pub actor: String,
+    pub client_id: Option<String>,
+    pub key_id: Option<String>,
+    pub csrf: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How many clients are in each state (an expiring client is also enabled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub enabled: i64,
+    pub disabled: i64,
+    pub expired: i64,
+    /// Enabled, not expired, expiring before the `soon` asked about.
+    pub expiring: i64,
+}
+
+#[async_trait::async_trait]
+pub trait ConsoleStore: Send + Sync {
+    async fn insert_session(&self, session: &StoredSession) -> Result<(), Error>;
+    async fn session(&self, token_hash: &str) -> Result<Option<StoredSession>, Error>;
+    async fn delete_session(&self, token_hash: &str) -> Result<(), Error>;
+    /// Forgets sessions that ended before `now`.
+    async fn prune_sessions(&self, now: DateTime<Utc>) -> Result<(), Error>;
+    /// Clients by state at `now`; `expiring` counts those whose expiry is before `soon`.
+    async fn status_counts(
+        &self,
+        now: DateTime<Utc>,
+        soon: DateTime<Utc>,
+    ) -> Result<StatusCounts, Error>;
+}
