@@ -11,6 +11,7 @@
 # 2. Scaling: warm and cold verify latency and server memory with SCALE clients in the
 #    database, seeded by bulk insert (examples/seed_clients.rs).
 # 3. Micro-benchmarks: `cargo bench --bench hot_path` (criterion).
+# Console: each page's server time with CONSOLE_CLIENTS clients (SQLite, and PostgreSQL).
 # Usage analytics: warm verify and relayed GETs with counting on and off (same binary, same
 # database, alternating ANALYTICS_PASSES times, median ratio), and on PostgreSQL a 30-day hourly
 # usage query for one client among USAGE_CLIENTS active ones (seeded by examples/seed_usage.rs).
@@ -20,6 +21,7 @@ DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-64}"
 SCALE="${SCALE:-1000 100000 1000000}"
 ANALYTICS_PASSES="${ANALYTICS_PASSES:-6}"
+CONSOLE_CLIENTS="${CONSOLE_CLIENTS:-100000}"
 USAGE_CLIENTS="${USAGE_CLIENTS:-100000}"
 PG_SERVER="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 export RELAY_ADMIN_TOKEN="bench-admin-token-0123456789abcdef0123456789" RUST_LOG=warn
@@ -27,7 +29,7 @@ export RELAY_ADMIN_TOKEN="bench-admin-token-0123456789abcdef0123456789" RUST_LOG
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --quiet --bin relay --example bare_server --example bare_proxy --example seed_clients --example seed_usage
 
-for port in 9100 9101 9102 9103 9104 9105 9106; do
+for port in 9100 9101 9102 9103 9104 9105 9106 9107 9108; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: stop what listens there first" >&2; exit 1
   fi
@@ -36,7 +38,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${pg_db:-}" ] && psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" 2>/dev/null
+  for db in ${pg_db:-} ${console_pg:-}; do
+    psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -187,6 +191,43 @@ for n in $SCALE; do
 done
 printf '%s\n' "${plot_rows[@]}" | python3 bench/plot.py bench/verify-latency.svg
 
+# 2b. Console pages with CONSOLE_CLIENTS clients: time to the first byte (curl, over loopback),
+# median and worst of 20 requests per page, signed in with the admin token.
+console_rows=()
+console_page_times() {  # port backend
+  local port=$1 backend=$2 cookie client
+  cookie=$(curl -si localhost:$port/console/login -d "credential=$RELAY_ADMIN_TOKEN" \
+    | awk -F'[=;]' 'tolower($1) ~ /^set-cookie: relay_console/ {print $2}')
+  client=$(curl -sf "localhost:$port/admin/clients?limit=1" -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["clients"][0]["client_id"])')
+  for page in /console /console/clients "/console/clients?q=no-such-name" "/console/clients/$client" \
+      "/console/clients/$client?range=30d" /console/audit /console/signing-keys /console/clients/new; do
+    stats=$(for _ in $(seq 1 20); do
+        curl -s -o /dev/null -w '%{http_code} %{time_starttransfer}\n' -H "Cookie: relay_console=$cookie" "localhost:$port$page"
+      done | python3 -c '
+import sys
+rows = [l.split() for l in sys.stdin]
+assert all(code == "200" for code, _ in rows), rows
+t = sorted(float(s) * 1000 for _, s in rows)
+print(f"{t[len(t) // 2]:.1f} ms|{t[-1]:.1f} ms")')
+    console_rows+=("$backend|${page//|/ }|$stats")
+    echo "console $backend $page: $stats" >&2
+  done
+}
+target/release/examples/seed_clients "sqlite://$work/console.db" "$CONSOLE_CLIENTS" >/dev/null
+serve 9107 "sqlite://$work/console.db"
+console_page_times 9107 SQLite
+if [ -n "${pg_db:-}" ]; then
+  console_pg="${pg_db}_console"
+  psql "$PG_SERVER/postgres" -qc "CREATE DATABASE $console_pg"
+  target/release/examples/seed_clients "$PG_SERVER/$console_pg" "$CONSOLE_CLIENTS" >/dev/null
+  serve 9108 "$PG_SERVER/$console_pg"
+  console_page_times 9108 PostgreSQL
+fi
+for p in "${pids[@]:2}"; do kill "$p" 2>/dev/null || true; done
+pids=("${pids[@]:0:2}")
+[ -n "${console_pg:-}" ] && psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $console_pg WITH (FORCE)"
+
 # 3. Micro-benchmarks.
 micro=$(cargo bench --quiet --bench hot_path 2>&1 | python3 -c '
 import sys
@@ -249,6 +290,18 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
   done
   echo
   echo "![verify latency against client count](bench/verify-latency.svg)"
+  echo
+  echo "## Console pages ($CONSOLE_CLIENTS clients)"
+  echo
+  echo "Time to the first byte of each page, signed in, 20 requests each (the list pages show 50"
+  echo "clients, each with its 36-hour sparkline)."
+  echo
+  echo "| database | page | median | worst |"
+  echo "|---|---|---:|---:|"
+  for r in "${console_rows[@]}"; do
+    IFS='|' read -r backend page median worst <<<"$r"
+    echo "| $backend | \`$page\` | $median | $worst |"
+  done
   echo
   echo "## Micro-benchmarks (criterion, \`cargo bench --bench hot_path\`; low, estimate, high)"
   echo

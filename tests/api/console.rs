@@ -570,3 +570,73 @@ async fn a_session_ends_when_its_admin_client_is_disabled_or_regenerated() {
         assert_eq!(audit["events"][0]["actor"], "admin-token");
     }
 }
+
+#[tokio::test]
+async fn a_session_lives_twelve_hours_at_most_and_is_stored_only_as_a_hash() {
+    let app = TestApp::spawn().await;
+    let mut v = Visitor::new(&app);
+    v.sign_in(ADMIN_TOKEN).await;
+    let token = v
+        .cookie
+        .clone()
+        .unwrap()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let hash = egregore_relay::domain::api_key::KeyHash::of(&token).to_hex();
+    let stored = app.store.session(&hash).await.unwrap().unwrap();
+    assert_eq!(
+        stored.expires_at - stored.created_at,
+        chrono::Duration::hours(12)
+    );
+    assert_eq!(stored.actor, "admin-token");
+    assert!(
+        app.store.session(&token).await.unwrap().is_none(),
+        "the token itself is no key"
+    );
+    // Twelve hours later (the row's clock moved, not the test's).
+    app.db
+        .execute("UPDATE console_sessions SET expires_at = created_at")
+        .await;
+    let page = v.get("/console").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/console/login");
+    assert!(
+        app.store.session(&hash).await.unwrap().is_none(),
+        "an ended session is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn console_changes_are_audited_as_the_signed_in_admin_client() {
+    let app = TestApp::spawn().await;
+    let (admin, key) = app
+        .create_client(json!({"name": "ops", "scopes": ["admin"]}))
+        .await;
+    let mut v = Visitor::new(&app);
+    v.sign_in(&key).await;
+    let csrf = v.csrf().await;
+    let created = v
+        .post(
+            "/console/clients",
+            &[("csrf", &csrf), ("name", "made by ops"), ("scopes", "chat")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let audit = app.admin_get("/admin/audit?limit=1").await;
+    assert_eq!(audit["events"][0]["action"], "client.created");
+    assert_eq!(audit["events"][0]["actor"], admin["client_id"]);
+    // Another node sees the same session: it is in the shared database.
+    let second = TestApp::spawn_sharing(&app, crate::support::test_config()).await;
+    let mut elsewhere = Visitor::new(&second);
+    elsewhere.cookie = v.cookie.clone();
+    assert_eq!(elsewhere.get("/console").await.status, StatusCode::OK);
+    let out = v.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        elsewhere.get("/console").await.status,
+        StatusCode::SEE_OTHER,
+        "signed out everywhere"
+    );
+}
