@@ -122,10 +122,11 @@ impl KeyCheck {
         }
     }
 
-    /// How a use of this key is counted when it is refused, and whose it is.
+    /// How a use of this key is counted when it is refused, and whose it is. (A valid key is
+    /// never refused for itself; were it refused, it would count as naming no one.)
     fn refusal(self) -> Refusal {
         match self {
-            KeyCheck::Valid(client) => Refusal::of(Some(client), Outcome::Invalid),
+            KeyCheck::Valid(_) => Refusal::of(None, Outcome::Invalid),
             KeyCheck::NotFound => Refusal::of(None, Outcome::Invalid),
             KeyCheck::Disabled(client) => Refusal::of(Some(client), Outcome::Disabled),
             KeyCheck::Expired(client) => Refusal::of(Some(client), Outcome::Expired),
@@ -402,6 +403,14 @@ impl Gate {
         Ok(caller)
     }
 
+    /// A short fingerprint of `RELAY_ADMIN_TOKEN` (16 hex digits of its SHA-256), so what was
+    /// signed in with one token can tell when another replaces it; `None` without one.
+    pub fn admin_token_fingerprint(&self) -> Option<String> {
+        self.admin_token
+            .as_ref()
+            .map(|t| t.to_hex()[..16].to_string())
+    }
+
     /// The client as it stands now, through the cache (which every change reaches within a
     /// second); `None` once deleted.
     pub async fn current_client(&self, id: &ClientId) -> Result<Option<Arc<Client>>, Error> {
@@ -609,12 +618,10 @@ impl Gate {
         if access_token::check_claims(&claims, &self.tokens, now).is_err() {
             return Ok(invalid());
         }
-        let id = ClientId::new(&claims.client_id);
-        let lookup = self
-            .cache
-            .get_or_load(CacheKey::Client(id.clone()), || self.store.client(&id))
-            .await?;
-        let Some(client) = lookup.client else {
+        let Some(client) = self
+            .current_client(&ClientId::new(&claims.client_id))
+            .await?
+        else {
             return Ok(invalid());
         };
         let outcome = match client.status(now) {

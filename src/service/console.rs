@@ -3,7 +3,8 @@
 //! SHA-256 in the database, so every node shares sessions and a stolen database holds none. A
 //! session lives at most 12 h and ends as soon as its admin client is disabled, deleted,
 //! regenerated or loses scope `admin` (the client is read through the cache, which every
-//! change reaches within a second).
+//! change reaches within a second), or, for the admin token, once the server runs with another
+//! token or none.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ impl ConsoleSessions {
     ) -> Result<NewSession, Error> {
         let caller = self.gate.sign_in_admin(credential, peer, now).await?;
         let (client_id, key_id) = match &caller {
-            Caller::AdminToken => (None, None),
+            Caller::AdminToken => (None, self.gate.admin_token_fingerprint()),
             Caller::Client { client, .. } => (
                 Some(client.client_id.as_str().to_string()),
                 client.key.map(|k| k.key_id.as_str().to_string()),
@@ -105,7 +106,12 @@ impl ConsoleSessions {
             return Ok(None);
         }
         let actor = match &stored.client_id {
-            None => Actor::AdminToken,
+            None if stored.key_id.is_some()
+                && stored.key_id == self.gate.admin_token_fingerprint() =>
+            {
+                Actor::AdminToken
+            }
+            None => return Ok(None),
             Some(id) => {
                 let id = ClientId::new(id);
                 let Some(client) = self.gate.current_client(&id).await? else {

@@ -142,6 +142,28 @@ impl UsageReports {
         Ok(zero_filled(range, stored))
     }
 
+    /// The series of each of `clients` over the same buckets (all endpoints), in one query.
+    pub async fn series_of_clients(
+        &self,
+        clients: &[ClientId],
+        range: BucketRange,
+    ) -> Result<Vec<Series>, Error> {
+        let ids: Vec<&str> = clients.iter().map(ClientId::as_str).collect();
+        let rows = self.store.usage_series_of_clients(&ids, range).await?;
+        let mut by_client: std::collections::HashMap<String, Vec<(DateTime<Utc>, Counters)>> =
+            std::collections::HashMap::new();
+        for (client, bucket, counters) in rows {
+            by_client
+                .entry(client)
+                .or_default()
+                .push((bucket, counters));
+        }
+        Ok(ids
+            .iter()
+            .map(|id| zero_filled(range, by_client.remove(*id).unwrap_or_default()))
+            .collect())
+    }
+
     /// The `limit` clients with the most uses over whole buckets, already valid.
     pub async fn top_of(&self, range: BucketRange, limit: u32) -> Result<Vec<ClientUsage>, Error> {
         let query = TopQuery {

@@ -74,6 +74,13 @@ pub trait UsageStore: Send + Sync {
         &self,
         query: &SeriesQuery<'_>,
     ) -> Result<Vec<(DateTime<Utc>, Counters)>, Error>;
+    /// Like `usage_series` (all endpoints), for several clients in one query: `(client_id,
+    /// bucket, counters)` ordered by client, then bucket.
+    async fn usage_series_of_clients(
+        &self,
+        client_ids: &[&str],
+        range: BucketRange,
+    ) -> Result<Vec<(String, DateTime<Utc>, Counters)>, Error>;
     /// Most uses first, ties by client id.
     async fn top_clients(&self, query: &TopQuery<'_>) -> Result<Vec<ClientUsage>, Error>;
     /// Prepares storage for the buckets around `now` (PostgreSQL creates partitions ahead).
@@ -124,6 +131,22 @@ pub(super) fn series_sql(granularity: Granularity, dialect: &Dialect) -> String 
         summed_counters(dialect.integer),
         table(granularity),
         e = dialect.endpoint_param,
+    )
+}
+
+/// Several clients' series: `$1` the clients (as `clients_param` spells a list), `$2`..`$3`
+/// the bucket range. Columns: client_id, bucket_start, the counters.
+pub(super) fn series_of_clients_sql(
+    granularity: Granularity,
+    dialect: &Dialect,
+    clients_param: &str,
+) -> String {
+    format!(
+        "SELECT client_id, bucket_start, {} FROM {} WHERE client_id IN ({clients_param}) \
+         AND bucket_start >= $2 AND bucket_start < $3 \
+         GROUP BY client_id, bucket_start ORDER BY client_id, bucket_start",
+        summed_counters(dialect.integer),
+        table(granularity),
     )
 }
 

@@ -640,3 +640,25 @@ async fn console_changes_are_audited_as_the_signed_in_admin_client() {
         "signed out everywhere"
     );
 }
+
+#[tokio::test]
+async fn an_admin_token_session_ends_where_the_server_runs_with_another_token() {
+    let app = TestApp::spawn().await;
+    let mut v = Visitor::new(&app);
+    v.sign_in(ADMIN_TOKEN).await;
+    let other_token = egregore_relay::config::ServeConfig::with_admin_token(
+        "another-admin-token-0123456789abcdef-0123456789",
+    );
+    let rotated = TestApp::spawn_sharing(&app, other_token).await;
+    let mut elsewhere = Visitor::new(&rotated);
+    elsewhere.cookie = v.cookie.clone();
+    assert_eq!(
+        elsewhere.get("/console").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        v.get("/console").await.status,
+        StatusCode::OK,
+        "the old token's node keeps it"
+    );
+}

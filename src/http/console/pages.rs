@@ -300,22 +300,21 @@ pub async fn clients(
         end,
         granularity: Granularity::Hour,
     };
-    let mut rows = Vec::with_capacity(page.items.len());
-    for client in &page.items {
-        let series = match state
-            .usage
-            .series_of(Some(&client.client_id), None, range)
-            .await
-        {
-            Ok(series) => series,
-            Err(e) => return failure(e, Some(&session)),
-        };
-        rows.push(ClientRow {
+    let ids: Vec<ClientId> = page.items.iter().map(|c| c.client_id.clone()).collect();
+    let series = match state.usage.series_of_clients(&ids, range).await {
+        Ok(series) => series,
+        Err(e) => return failure(e, Some(&session)),
+    };
+    let rows: Vec<ClientRow<'_>> = page
+        .items
+        .iter()
+        .zip(&series)
+        .map(|(client, series)| ClientRow {
             client,
-            badges: badges(client, Some(&series), now),
-            sparkline: charts::sparkline(&series),
-        });
-    }
+            badges: badges(client, Some(series), now),
+            sparkline: charts::sparkline(series),
+        })
+        .collect();
     let filters = ClientFilters {
         q: &query.q,
         scope: &query.scope,

@@ -10,11 +10,12 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use sqlx::Row;
 
 use super::PostgresStore;
-use crate::domain::usage::{Counters, Granularity};
+use crate::domain::usage::{BucketRange, Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
     ALL_CLIENTS, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageRow, UsageStore,
-    client_usage, column_value, read_counters, series_sql, table, top_clients_sql, upsert_sql,
+    client_usage, column_value, read_counters, series_of_clients_sql, series_sql, table,
+    top_clients_sql, upsert_sql,
 };
 
 const DIALECT: Dialect = Dialect {
@@ -257,6 +258,24 @@ impl UsageStore for PostgresStore {
             .await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, read_counters(row, 1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
+
+    async fn usage_series_of_clients(
+        &self,
+        client_ids: &[&str],
+        range: BucketRange,
+    ) -> Result<Vec<(String, DateTime<Utc>, Counters)>, Error> {
+        let sql = series_of_clients_sql(range.granularity, &DIALECT, "SELECT UNNEST($1::text[])");
+        let rows = sqlx::query(&sql)
+            .bind(client_ids)
+            .bind(range.start)
+            .bind(range.end)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, read_counters(row, 2)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Error::from)
     }

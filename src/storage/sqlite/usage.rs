@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{SqliteStore, micros, time};
-use crate::domain::usage::{Counters, Granularity};
+use crate::domain::usage::{BucketRange, Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
     ALL_CLIENTS, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageStore, client_usage,
-    column_value, read_counters, series_sql, table, top_clients_sql, upsert_sql,
+    column_value, read_counters, series_of_clients_sql, series_sql, table, top_clients_sql,
+    upsert_sql,
 };
 
 const DIALECT: Dialect = Dialect {
@@ -71,6 +72,35 @@ impl UsageStore for SqliteStore {
             .await?;
         rows.iter()
             .map(|row| Ok((time(row.try_get(0)?), read_counters(row, 1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Error::from)
+    }
+
+    async fn usage_series_of_clients(
+        &self,
+        client_ids: &[&str],
+        range: BucketRange,
+    ) -> Result<Vec<(String, DateTime<Utc>, Counters)>, Error> {
+        let sql = series_of_clients_sql(
+            range.granularity,
+            &DIALECT,
+            "SELECT value FROM json_each($1)",
+        );
+        let ids = serde_json::Value::from(client_ids.to_vec()).to_string();
+        let rows = sqlx::query(&sql)
+            .bind(ids)
+            .bind(micros(range.start))
+            .bind(micros(range.end))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    time(row.try_get(1)?),
+                    read_counters(row, 2)?,
+                ))
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Error::from)
     }

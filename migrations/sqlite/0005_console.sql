@@ -6,7 +6,8 @@ CREATE TABLE console_sessions (
     -- 'admin-token' or the admin client's id.
     actor TEXT NOT NULL,
     client_id TEXT,
-    -- The client's key id at sign-in (NULL for the admin token or an adopted key).
+    -- The client's key id at sign-in (NULL for an adopted key), or for the admin token 16 hex
+    -- digits of its SHA-256, so a session ends when the server runs with another token.
     key_id TEXT,
     -- Per-session CSRF token, sent back in every form.
     csrf TEXT NOT NULL,
@@ -14,3 +15,10 @@ CREATE TABLE console_sessions (
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at);
+
+-- The console's overview counts clients by state from this index alone.
+CREATE INDEX api_clients_status ON api_clients (enabled, expires_at);
+-- Lists walk clients newest first; with the filtered columns in the index, a search that
+-- matches few rows reads the index, not every row.
+CREATE INDEX api_clients_listing ON api_clients (created_at DESC, id DESC, enabled, name);
+DROP INDEX api_clients_created_at;
