@@ -40,6 +40,15 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Error::Unavailable(e)
             }
+            // PostgreSQL's connection exceptions (08), operator intervention such as a shutdown
+            // or a server not yet accepting connections (57P), insufficient resources (53).
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+                }) =>
+            {
+                Error::Unavailable(e)
+            }
             other => Error::Other(other),
         }
     }

@@ -219,13 +219,15 @@ impl Store for PostgresStore {
     }
 
     async fn list_clients(&self, q: &ClientQuery) -> Result<Vec<Client>, Error> {
+        // ORDER BY names the table's columns: a bare `created_at` would be the COALESCE of
+        // CLIENT_COLUMNS, which no index serves (every list sorted the whole table).
         let sql = format!(
             "SELECT {CLIENT_COLUMNS} FROM api_clients \
              WHERE ($1 OR enabled IS TRUE) \
                AND ($2::text IS NULL OR strpos(lower(name), lower($2)) > 0) \
                AND ($3::text IS NULL OR $3 = ANY(scopes)) \
                AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
-             ORDER BY created_at DESC, id DESC LIMIT $6"
+             ORDER BY api_clients.created_at DESC, api_clients.id DESC LIMIT $6"
         );
         let rows: Vec<ClientRow> = sqlx::query_as(&sql)
             .bind(q.include_disabled)

@@ -680,6 +680,9 @@ async fn counts_taken_while_the_database_is_away_arrive_once_it_is_back() {
     let app = TestApp::spawn_with(config(&upstream.base).await).await;
     let (client, key) = app.create_named("outage").await;
     let client = id(&client);
+    // The change log names the new client once (within a second); the key cached after that
+    // stays cached through the outage.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     app.verify(&key).await;
     wait_for_totals(&app, &format!("client_id={client}"), json!({"allowed": 1})).await;
 
