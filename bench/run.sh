@@ -83,8 +83,10 @@ target/release/examples/bare_server 127.0.0.1:9101 & pids+=($!)
 target/release/examples/bare_proxy 127.0.0.1:9102 http://127.0.0.1:9101 & pids+=($!)
 sqlite="sqlite://$work/relay.db"
 serve 9100 "$sqlite" RELAY_UPSTREAM=http://127.0.0.1:9101
+counting_on_pid=${pids[-1]}
 serve 9103 "$sqlite" RELAY_CACHE_TTL=0
 serve 9106 "$sqlite" RELAY_UPSTREAM=http://127.0.0.1:9101 RELAY_USAGE_ANALYTICS=false
+counting_off_pid=${pids[-1]}
 warm=$(new_key 9100 warm); cold=$(new_key 9100 cold); tok=$(new_key 9100 token); relay_key=$(new_key 9100 relay)
 bad="${warm:0:50}$([ "${warm:50:1}" = A ] && echo B || echo A)"
 token=$(curl -sf localhost:9100/v1/token -H "X-API-Key: $(new_key 9100 relay-token)" -d grant_type=client_credentials \
@@ -135,19 +137,33 @@ for c in "${cases[@]}"; do
   rows+=("$label|${best[$label]}")
 done
 
-# 1b. What counting costs: on (9100) and off (9106) in turn, the same keys and upstream.
+# 1b. What counting costs: on (9100) and off (9106) in turn, the same keys and upstream. Two
+# measures per pass: throughput, and the server's CPU time per request (utime + stime from
+# /proc, which the other processes on the machine disturb far less than throughput).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measure() {  # url script pid -> "rps cpu_us_per_request"
+  local before after out
+  before=$(cpu_ticks "$3")
+  out=$(wrk -t2 -c"$CONNECTIONS" -d5s -s "$work/$2.lua" "$1")
+  after=$(cpu_ticks "$3")
+  awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    /requests in/ {n=$1} /^Requests\/sec/ {rps=$2}
+    END {printf "%s %.3f\n", rps, t / hz * 1e6 / n}' <<<"$out"
+}
+median() { sort -n | python3 -c 'import sys; v=[float(l) for l in sys.stdin]; n=len(v); print(f"{(v[n//2] if n % 2 else (v[n//2-1]+v[n//2])/2):.3f}")'; }
 analytics_rows=()
 for pair in "POST /v1/keys/verify, warm key|/v1/keys/verify|verify_warm" "relay GET, API key|/v1/chat/x|relay_key"; do
   IFS='|' read -r label path name <<<"$pair"
-  ratios=()
+  ratios=(); cpu_ratios=(); cpu_on=(); cpu_off=()
   for pass in $(seq 1 "$ANALYTICS_PASSES"); do
-    read -r on _ _ _ <<<"$(wrk_run "http://127.0.0.1:9100$path" "$name" 5)"
-    read -r off _ _ _ <<<"$(wrk_run "http://127.0.0.1:9106$path" "$name" 5)"
+    read -r on on_cpu <<<"$(measure "http://127.0.0.1:9100$path" "$name" "$counting_on_pid")"
+    read -r off off_cpu <<<"$(measure "http://127.0.0.1:9106$path" "$name" "$counting_off_pid")"
     ratios+=("$(python3 -c "print(f'{$on/$off:.4f}')")")
-    echo "counting, $label, pass $pass: on $on, off $off req/s" >&2
+    cpu_ratios+=("$(python3 -c "print(f'{$on_cpu/$off_cpu:.4f}')")")
+    cpu_on+=("$on_cpu"); cpu_off+=("$off_cpu")
+    echo "counting, $label, pass $pass: on $on req/s $on_cpu us CPU, off $off req/s $off_cpu us CPU" >&2
   done
-  median=$(printf '%s\n' "${ratios[@]}" | sort -n | python3 -c 'import sys; v=[float(l) for l in sys.stdin]; n=len(v); print(f"{(v[n//2] if n % 2 else (v[n//2-1]+v[n//2])/2):.3f}")')
-  analytics_rows+=("$label|$median|${ratios[*]}")
+  analytics_rows+=("$label|$(printf '%s\n' "${ratios[@]}" | median)|$(printf '%s\n' "${cpu_ratios[@]}" | median)|$(printf '%s\n' "${cpu_on[@]}" | median)|$(printf '%s\n' "${cpu_off[@]}" | median)|${ratios[*]}")
 done
 usage_query=""
 if [ -n "${pg_db:-}" ]; then
@@ -264,13 +280,15 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
   echo "## Usage analytics"
   echo
   echo "What counting every use costs: the same binary with \`RELAY_USAGE_ANALYTICS\` on and off, on"
-  echo "the same database, keys and upstream, 5 s each, on and off in turn $ANALYTICS_PASSES times."
+  echo "the same database, keys and upstream, 5 s each, on and off in turn $ANALYTICS_PASSES times. The CPU"
+  echo "column is the server's own CPU time (utime + stime) per request: less disturbed by the"
+  echo "load generator and the rest of the machine than throughput."
   echo
-  echo "| what | on/off throughput (median) | every pass |"
-  echo "|---|---:|---|"
+  echo "| what | throughput on/off (median) | server CPU per request on/off (median) | CPU µs/request on, off | throughput ratio of every pass |"
+  echo "|---|---:|---:|---:|---|"
   for r in "${analytics_rows[@]}"; do
-    IFS='|' read -r label median all <<<"$r"
-    echo "| $label | $median | $all |"
+    IFS='|' read -r label median cpu cpu_on cpu_off all <<<"$r"
+    echo "| $label | $median | $cpu | $cpu_on, $cpu_off | $all |"
   done
   if [ -n "$usage_query" ]; then
     IFS='|' read -r qrps qp50 qp99 <<<"$usage_query"

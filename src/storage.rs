@@ -40,18 +40,29 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Error::Unavailable(e)
             }
-            // PostgreSQL's connection exceptions (08), operator intervention such as a shutdown
-            // or a server not yet accepting connections (57P), insufficient resources (53).
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|c| {
-                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
-                }) =>
-            {
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| means_unavailable(&c)) => {
                 Error::Unavailable(e)
             }
             other => Error::Other(other),
         }
     }
+}
+
+/// Database error codes that say the database cannot serve now, not that the request was
+/// wrong. PostgreSQL: connection exceptions (08), operator intervention such as a shutdown
+/// (57P), insufficient resources (53), and 55000, which a database closed to connections
+/// answers (the relay uses nothing else that raises it). SQLite: busy or locked (5, 6, and
+/// their extended codes) once the busy timeout has passed.
+fn means_unavailable(code: &str) -> bool {
+    // A SQLSTATE has five characters; SQLite's (extended) result codes are below 10 000.
+    if code.len() == 5 {
+        return code.starts_with("08")
+            || code.starts_with("57P")
+            || code.starts_with("53")
+            || code == "55000";
+    }
+    code.parse::<i32>()
+        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
 }
 
 /// What a service can act on: an unreachable database is `Unavailable` (503), anything else
@@ -265,6 +276,23 @@ impl KeyColumns {
             prev_key_id: prev.map(|p| p.key.key_id.as_str().to_string()),
             prev_key_hash: prev.map(|p| p.key.hash.to_hex()),
             prev_key_expires_at: prev.map(|p| p.expires_at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::means_unavailable;
+
+    #[test]
+    fn only_codes_of_an_unreachable_database_mean_unavailable() {
+        for code in [
+            "08006", "57P01", "57P03", "53300", "55000", "5", "517", "6", "262",
+        ] {
+            assert!(means_unavailable(code), "{code}");
+        }
+        for code in ["23505", "22P02", "42P01", "19", "2067", "1"] {
+            assert!(!means_unavailable(code), "{code}");
         }
     }
 }

@@ -691,6 +691,18 @@ async fn counts_taken_while_the_database_is_away_arrive_once_it_is_back() {
     for _ in 0..5 {
         assert_eq!(app.verify(&key).await["valid"], true);
     }
+    // What needs the database is told it is unavailable (503), not that it failed (500).
+    let needs_db = if app.db.url.starts_with("postgres") {
+        app.admin(Method::GET, "/admin/clients")
+    } else {
+        app.admin(Method::POST, "/admin/clients")
+            .json(&json!({"name": "blocked"}))
+    };
+    assert_problem(
+        needs_db.send().await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(&app.metrics().await, "relay_usage_flush_failures_total") == 0 {
         assert!(
