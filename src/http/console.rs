@@ -5,6 +5,8 @@
 
 mod assets;
 mod charts;
+mod client_pages;
+mod forms;
 mod pages;
 mod views;
 
@@ -30,22 +32,28 @@ pub fn routes() -> Router<AppState> {
         .route("/console/logout", post(pages::logout))
         .route(
             "/console/clients",
-            get(pages::clients).post(pages::create_client),
+            get(client_pages::clients).post(client_pages::create_client),
         )
-        .route("/console/clients/new", get(pages::new_client))
+        .route("/console/clients/new", get(client_pages::new_client))
         .route(
             "/console/clients/{client_id}",
-            get(pages::client_detail).post(pages::update_client),
+            get(client_pages::client_detail).post(client_pages::update_client),
         )
-        .route("/console/clients/{client_id}/disable", post(pages::disable))
-        .route("/console/clients/{client_id}/enable", post(pages::enable))
+        .route(
+            "/console/clients/{client_id}/disable",
+            post(client_pages::disable),
+        )
+        .route(
+            "/console/clients/{client_id}/enable",
+            post(client_pages::enable),
+        )
         .route(
             "/console/clients/{client_id}/regenerate",
-            post(pages::regenerate),
+            post(client_pages::regenerate),
         )
         .route(
             "/console/clients/{client_id}/delete",
-            get(pages::confirm_delete).post(pages::delete),
+            get(client_pages::confirm_delete).post(client_pages::delete),
         )
         .route("/console/audit", get(pages::audit))
         .route("/console/signing-keys", get(pages::signing_keys))

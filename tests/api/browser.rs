@@ -112,8 +112,18 @@ impl Browser {
         }
     }
 
+    /// The element `css` names, waiting (10 s at most) for the page a click opened.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
     async fn fill(&self, css: &str, text: &str) {
-        let field = self.client.find(Locator::Css(css)).await.unwrap();
+        let field = self.find(css).await;
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
     }
@@ -162,8 +172,12 @@ impl Browser {
 
     /// Waits for the navigation a click started to land on `path`.
     async fn wait_for_path(&self, path: &str) {
+        self.wait_for_path_where(|p| p == path, path).await;
+    }
+
+    async fn wait_for_path_where(&self, arrived: impl Fn(&str) -> bool, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.path().await != path {
+        while !arrived(&self.path().await) {
             assert!(
                 Instant::now() < deadline,
                 "still at {} instead of {path}:\n{}",
@@ -286,11 +300,11 @@ async fn an_operator_does_every_admin_task_in_a_real_browser() {
     b.goto(&format!("{base}{client_page}")).await;
     b.click(&format!("form[action='{client_page}/disable'] button"))
         .await;
-    assert!(b.text("h1").await.contains("disabled"));
+    b.find("h1 .status-disabled").await;
     assert_eq!(app.verify(&new_key).await["code"], "DISABLED");
     b.click(&format!("a[href='{client_page}/delete']")).await;
     b.click("button.danger").await;
-    assert_eq!(b.path().await, "/console/clients?deleted=1");
+    b.wait_for_path("/console/clients?deleted=1").await;
     assert_eq!(app.verify(&new_key).await["code"], "NOT_FOUND");
 
     // The pages a newcomer sees first, at desktop and phone width.
@@ -306,7 +320,7 @@ async fn an_operator_does_every_admin_task_in_a_real_browser() {
 
     // Sign out.
     b.click("form[action='/console/logout'] button").await;
-    assert_eq!(b.path().await, "/console/login");
+    b.wait_for_path("/console/login").await;
     b.goto(&format!("{base}/console")).await;
     assert_eq!(b.path().await, "/console/login");
 
