@@ -39,7 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         .merge(admin::routes())
         .merge(usage::routes())
-        .merge(console::routes())
+        .merge(console::routes(&state))
         .merge(verify::routes())
         .merge(token::routes())
         .fallback(relay::relay_or_not_found)

@@ -11,7 +11,7 @@ mod pages;
 mod views;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request};
+use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -24,7 +24,7 @@ use crate::service::console::Session;
 
 pub const COOKIE: &str = "relay_console";
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/console", get(pages::overview))
         .route("/console/", get(|| async { Redirect::to("/console") }))
@@ -63,14 +63,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/console/assets/{name}", get(assets::serve_asset))
         .route("/console/{*rest}", get(pages::not_found))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
 }
 
 /// What a browser may do with a console page: our own files only, no framing, no caching
 /// (pages hold client data), no referrer. A POST from another origin is refused before
 /// anything runs.
-async fn guard(req: Request, next: Next) -> Response {
-    let cross_site = req.method() == Method::POST && !same_origin(req.headers());
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let public = public_origin(&state.tokens.settings().issuer);
+    let cross_site = req.method() == Method::POST && !same_origin(req.headers(), public);
     let mut response = if cross_site {
         let page = views::error_page("Refused", "This form was sent from another site.", None);
         (
@@ -101,11 +102,21 @@ async fn guard(req: Request, next: Next) -> Response {
     response
 }
 
+/// `scheme://host[:port]` of the service's public URL (`RELAY_ISSUER`).
+fn public_origin(issuer: &str) -> &str {
+    let after_scheme = issuer.find("://").map_or(0, |i| i + 3);
+    let end = issuer[after_scheme..]
+        .find('/')
+        .map_or(issuer.len(), |i| after_scheme + i);
+    &issuer[..end]
+}
+
 /// A request from this site, as far as the browser says: `Sec-Fetch-Site` (when sent) is
-/// `same-origin` or `none`, and `Origin` (when it names one) is the host the request was sent
-/// to. Browsers send `Origin: null` on form posts from a page with `Referrer-Policy:
+/// `same-origin` or `none`, and `Origin` (when it names one) is the service's public URL or
+/// the host the request was sent to (a proxy may rewrite `Host`, so the public URL counts).
+/// Browsers send `Origin: null` on form posts from a page with `Referrer-Policy:
 /// no-referrer`, so `null` proves nothing either way: the CSRF token decides.
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(headers: &HeaderMap, public: &str) -> bool {
     let value = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let fetch_site = value(header::HeaderName::from_static("sec-fetch-site"));
     if fetch_site.is_some_and(|site| site != "same-origin" && site != "none") {
@@ -113,6 +124,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
     match value(header::ORIGIN) {
         None | Some("null") => true,
+        Some(origin) if origin.eq_ignore_ascii_case(public) => true,
         Some(origin) => {
             let host = value(header::HOST).unwrap_or("");
             origin.split_once("://").is_some_and(|(_, authority)| {
@@ -172,31 +184,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn origins_must_name_this_host() {
+    fn origins_must_name_this_host_or_the_public_url() {
+        let public = public_origin("https://relay.example.com/base");
+        assert_eq!(public, "https://relay.example.com");
         let mut h = HeaderMap::new();
-        assert!(same_origin(&h), "no Origin: the CSRF token decides");
+        h.insert(header::HOST, HeaderValue::from_static("10.0.0.5:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://relay.example.com"),
+        );
+        assert!(same_origin(&h, public), "behind a proxy that rewrote Host");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://relay.example.com.evil"),
+        );
+        assert!(!same_origin(&h, public));
+        let public = "http://127.0.0.1:8080";
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h, public), "no Origin: the CSRF token decides");
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:8080"),
         );
-        assert!(same_origin(&h));
+        assert!(same_origin(&h, public));
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
-        assert!(!same_origin(&h));
+        assert!(!same_origin(&h, public));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(same_origin(&h), "an opaque origin: the CSRF token decides");
+        assert!(
+            same_origin(&h, public),
+            "an opaque origin: the CSRF token decides"
+        );
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
-        assert!(!same_origin(&h));
+        assert!(!same_origin(&h, public));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
         assert!(
-            !same_origin(&h),
+            !same_origin(&h, public),
             "another origin of the same site is another site here"
         );
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
-        assert!(same_origin(&h));
+        assert!(same_origin(&h, public));
     }
 
     #[test]

@@ -183,7 +183,19 @@ impl ClientAdmin {
             .await?
             .ok_or(Error::NotFound)?;
         self.invalidate(id);
+        if !client.enabled || !client.has_scope(crate::domain::scope::ADMIN) {
+            self.end_console_sessions(id).await;
+        }
         Ok(client)
+    }
+
+    /// Ends the console sessions of a client that may no longer hold them (disabled, deleted,
+    /// regenerated, without `admin`), so none comes back if it is enabled again. A session
+    /// left by a failure here still ends: every console request checks its client.
+    async fn end_console_sessions(&self, id: &ClientId) {
+        if let Err(e) = self.store.delete_client_sessions(id.as_str()).await {
+            tracing::warn!(error = %e, client_id = %id.as_str(), "could not end console sessions");
+        }
     }
 
     pub async fn regenerate(
@@ -208,6 +220,7 @@ impl ClientAdmin {
             .await?
             .ok_or(Error::NotFound)?;
         self.invalidate(id);
+        self.end_console_sessions(id).await;
         Ok((client, key.plain))
     }
 
@@ -224,6 +237,7 @@ impl ClientAdmin {
             .await?
             .ok_or(Error::NotFound)?;
         self.invalidate(id);
+        self.end_console_sessions(id).await;
         Ok(())
     }
 

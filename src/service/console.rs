@@ -40,11 +40,19 @@ impl std::fmt::Debug for NewSession {
 }
 
 /// A session in force: who acts through it, and the token its forms must carry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     pub actor: Actor,
     pub csrf: String,
     token_hash: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("actor", &self.actor.name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -109,23 +117,26 @@ impl ConsoleSessions {
             None if stored.key_id.is_some()
                 && stored.key_id == self.gate.admin_token_fingerprint() =>
             {
-                Actor::AdminToken
+                Some(Actor::AdminToken)
             }
-            None => return Ok(None),
+            None => None,
             Some(id) => {
                 let id = ClientId::new(id);
-                let Some(client) = self.gate.current_client(&id).await? else {
-                    return Ok(None);
-                };
-                let key_id = client.key.map(|k| k.key_id.as_str().to_string());
-                let still_admin = client.status(now) == ClientStatus::Active
-                    && client.has_scope(scope::ADMIN)
-                    && key_id == stored.key_id;
-                if !still_admin {
-                    return Ok(None);
-                }
-                Actor::Client(id)
+                let client = self.gate.current_client(&id).await?;
+                let still_admin = client.is_some_and(|client| {
+                    let key_id = client.key.map(|k| k.key_id.as_str().to_string());
+                    client.status(now) == ClientStatus::Active
+                        && client.has_scope(scope::ADMIN)
+                        && key_id == stored.key_id
+                });
+                still_admin.then_some(Actor::Client(id))
             }
+        };
+        // A session that lost its right is forgotten, so it cannot come back (a client
+        // enabled again, an old admin token configured again).
+        let Some(actor) = actor else {
+            self.store.delete_session(&token_hash).await?;
+            return Ok(None);
         };
         Ok(Some(Session {
             actor,

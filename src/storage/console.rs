@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredSession {
     /// SHA-256 (hex) of the cookie's token.
     pub token_hash: String,
@@ -16,6 +16,15 @@ pub struct StoredSession {
     pub csrf: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("actor", &self.actor)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How many clients are in each state (an expiring client is also enabled).
@@ -33,6 +42,8 @@ pub trait ConsoleStore: Send + Sync {
     async fn insert_session(&self, session: &StoredSession) -> Result<(), Error>;
     async fn session(&self, token_hash: &str) -> Result<Option<StoredSession>, Error>;
     async fn delete_session(&self, token_hash: &str) -> Result<(), Error>;
+    /// Ends every session of the admin client `client_id`.
+    async fn delete_client_sessions(&self, client_id: &str) -> Result<(), Error>;
     /// Forgets sessions that ended before `now`.
     async fn prune_sessions(&self, now: DateTime<Utc>) -> Result<(), Error>;
     /// Clients by state at `now`; `expiring` counts those whose expiry is before `soon`.

@@ -74,12 +74,15 @@ pub(super) fn csrf_refusal(session: &Session, presented: &str) -> Option<Respons
     }
 }
 
-pub async fn not_found(admin: Option<Admin>) -> Response {
-    let session = admin.map(|Admin(s)| s);
-    let who = session.as_ref().map(who);
+/// Unknown console paths: a 404 page for the signed-in, the sign-in for anyone else.
+pub async fn not_found(Admin(session): Admin) -> Response {
     html(
         StatusCode::NOT_FOUND,
-        views::error_page("Not found", "There is no such console page.", who.as_ref()),
+        views::error_page(
+            "Not found",
+            "There is no such console page.",
+            Some(&who(&session)),
+        ),
     )
 }
 

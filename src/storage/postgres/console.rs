@@ -62,6 +62,14 @@ impl ConsoleStore for PostgresStore {
         Ok(())
     }
 
+    async fn delete_client_sessions(&self, client_id: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM console_sessions WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn prune_sessions(&self, now: DateTime<Utc>) -> Result<(), Error> {
         sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1")
             .bind(now)
