@@ -212,8 +212,10 @@ printf '%s\n' "${plot_rows[@]}" | python3 bench/plot.py bench/verify-latency.svg
 console_rows=()
 console_page_times() {  # port backend
   local port=$1 backend=$2 cookie client
-  cookie=$(curl -si localhost:$port/console/login -d "credential=$RELAY_ADMIN_TOKEN" \
-    | awk -F'[=;]' 'tolower($1) ~ /^set-cookie: relay_console/ {print $2}')
+  local jar="$work/jar-$port" login_csrf
+  login_csrf=$(curl -s -c "$jar" localhost:$port/console/login | grep -o 'name="login_csrf" value="[^"]*"' | cut -d'"' -f4)
+  cookie=$(curl -si -b "$jar" localhost:$port/console/login -d "credential=$RELAY_ADMIN_TOKEN" -d "login_csrf=$login_csrf" \
+    | awk -F'[=;]' 'tolower($1) == "set-cookie: relay_console" {print $2}')
   client=$(curl -sf "localhost:$port/admin/clients?limit=1" -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["clients"][0]["client_id"])')
   for page in /console /console/clients "/console/clients?q=no-such-name" "/console/clients/$client" \

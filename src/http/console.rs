@@ -23,6 +23,8 @@ use crate::domain;
 use crate::service::console::Session;
 
 pub const COOKIE: &str = "relay_console";
+/// The sign-in form's own CSRF cookie (there is no session yet to hold a token).
+pub const LOGIN_COOKIE: &str = "relay_console_login";
 
 pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -136,12 +138,17 @@ fn same_origin(headers: &HeaderMap, public: &str) -> bool {
 
 /// The session token a request carries in its cookie.
 fn session_token(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
+/// The value of cookie `name`, if the request carries a non-empty one.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
         .filter(|t| !t.is_empty())
 }
 

@@ -30,11 +30,14 @@ impl Page {
 
     /// The CSRF token of the page's forms.
     pub fn csrf(&self) -> String {
-        let at = self
-            .body
-            .find("name=\"csrf\" value=\"")
-            .expect("a form with a CSRF token");
-        let rest = &self.body[at + 19..];
+        self.hidden("csrf")
+    }
+
+    /// The value of the hidden field `name`.
+    pub fn hidden(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let at = self.body.find(&marker).expect("a form with that field");
+        let rest = &self.body[at + marker.len()..];
         rest[..rest.find('"').unwrap()].to_string()
     }
 }
@@ -85,10 +88,16 @@ impl<'a> Visitor<'a> {
         self.send(request).await
     }
 
+    /// Opens the sign-in form and sends it with `credential`.
+    pub async fn try_sign_in(&mut self, credential: &str) -> Page {
+        let form = self.get("/console/login").await;
+        let token = form.hidden("login_csrf");
+        let fields = [("credential", credential), ("login_csrf", token.as_str())];
+        self.post("/console/login", &fields).await
+    }
+
     pub async fn sign_in(&mut self, credential: &str) -> Page {
-        let page = self
-            .post("/console/login", &[("credential", credential)])
-            .await;
+        let page = self.try_sign_in(credential).await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
         page
     }
@@ -136,7 +145,7 @@ async fn sign_in_sets_a_strict_cookie_and_a_wrong_credential_counts_as_a_failure
     let (_, plain_key) = app.create_named("not an admin").await;
     let mut v = Visitor::new(&app);
     for wrong in ["nope", plain_key.as_str()] {
-        let page = v.post("/console/login", &[("credential", wrong)]).await;
+        let page = v.try_sign_in(wrong).await;
         assert_eq!(page.status, StatusCode::UNAUTHORIZED);
         assert!(
             page.body.contains("role=\"alert\""),
@@ -170,16 +179,30 @@ async fn sign_in_sets_a_strict_cookie_and_a_wrong_credential_counts_as_a_failure
         .to_string();
     assert!(!app.snapshot().await.contains(&token));
 
+    // A sign-in posted without the form's token (from another site, say) is refused before
+    // any credential is looked at, and costs the address nothing.
+    let mut stranger = Visitor::new(&app);
+    for _ in 0..40 {
+        let page = stranger
+            .post(
+                "/console/login",
+                &[("credential", "nope"), ("login_csrf", "guess")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN);
+    }
+
     // The sign-in failures count toward the failed-authentication limit of the address.
     let mut fresh = Visitor::new(&app);
     for _ in 0..28 {
-        fresh
-            .post("/console/login", &[("credential", "nope")])
-            .await;
+        let page = fresh.try_sign_in("nope").await;
+        assert_eq!(
+            page.status,
+            StatusCode::UNAUTHORIZED,
+            "the refused posts cost nothing"
+        );
     }
-    let limited = fresh
-        .post("/console/login", &[("credential", "nope")])
-        .await;
+    let limited = fresh.try_sign_in("nope").await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     let api = app
         .request(Method::GET, "/admin/clients")

@@ -7,14 +7,14 @@ use std::collections::HashMap;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Duration, Utc};
 use maud::Markup;
 use serde::Deserialize;
 
 use super::views::{self, Overview, Who};
-use super::{Admin, COOKIE, charts};
+use super::{Admin, COOKIE, LOGIN_COOKIE, charts, cookie};
 use crate::domain::client::ClientId;
 use crate::domain::usage::{BucketRange, Granularity};
 use crate::domain::{self, Error};
@@ -23,6 +23,7 @@ use crate::http::extract::ClientAddr;
 use crate::http::state::AppState;
 use crate::service::admin::AuditRequest;
 use crate::service::console::{SESSION_LIFETIME, Session};
+use subtle::ConstantTimeEq;
 
 pub(super) const PAGE: i64 = 50;
 pub(super) const EXPIRING: Duration = Duration::days(7);
@@ -86,17 +87,32 @@ pub async fn not_found(Admin(session): Admin) -> Response {
     )
 }
 
+/// The sign-in form with a fresh token, also set as a `SameSite=Strict` cookie: a form posted
+/// from another site carries neither (double submit), so it cannot spend this address's
+/// failed-sign-in budget.
 pub async fn login_form(admin: Option<Admin>) -> Response {
     if admin.is_some() {
         return Redirect::to("/console").into_response();
     }
-    html(StatusCode::OK, views::login(None))
+    let Ok(token) = crate::domain::random_hex(16) else {
+        return failure(Error::internal("no randomness"), None);
+    };
+    let mut response = html(StatusCode::OK, views::login(None, &token));
+    let cookie = format!(
+        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console/login; Max-Age=3600"
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 #[derive(Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
     credential: String,
+    #[serde(default)]
+    login_csrf: String,
 }
 
 impl std::fmt::Debug for LoginForm {
@@ -108,9 +124,21 @@ impl std::fmt::Debug for LoginForm {
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let now = domain::now();
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    let matches: bool = expected.as_bytes().ct_eq(form.login_csrf.as_bytes()).into();
+    if expected.is_empty() || !matches {
+        let page = views::error_page(
+            "Refused",
+            "This sign-in form is stale or was not sent from this console: open the sign-in page again.",
+            None,
+        );
+        return html(StatusCode::FORBIDDEN, page);
+    }
+    let token = expected;
     match state
         .console
         .sign_in(form.credential.trim(), addr, now)
@@ -135,17 +163,21 @@ pub async fn login(
         }
         Err(Error::Unauthenticated) => html(
             StatusCode::UNAUTHORIZED,
-            views::login(Some(
-                "That is not an admin token or the key of a client holding scope admin.",
-            )),
+            views::login(
+                Some("That is not an admin token or the key of a client holding scope admin."),
+                token,
+            ),
         ),
         Err(Error::RateLimited {
             retry_after_seconds,
         }) => html(
             StatusCode::TOO_MANY_REQUESTS,
-            views::login(Some(&format!(
-                "Too many failed sign-ins from this address: try again in {retry_after_seconds} s."
-            ))),
+            views::login(
+                Some(&format!(
+                    "Too many failed sign-ins from this address: try again in {retry_after_seconds} s."
+                )),
+                token,
+            ),
         ),
         Err(e) => failure(e, None),
     }

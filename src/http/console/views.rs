@@ -82,7 +82,8 @@ pub fn time(t: Option<DateTime<Utc>>) -> String {
     )
 }
 
-pub fn login(message: Option<&str>) -> Markup {
+/// The sign-in form; `login_csrf` is the token its cookie holds too (see `pages::login`).
+pub fn login(message: Option<&str>, login_csrf: &str) -> Markup {
     let body = html! {
         div.login.panel {
             h1 { "Sign in" }
@@ -90,6 +91,7 @@ pub fn login(message: Option<&str>) -> Markup {
                 p.notice.error role="alert" { (message) }
             }
             form method="post" action="/console/login" {
+                input type="hidden" name="login_csrf" value=(login_csrf);
                 div.field {
                     label for="credential" { "Admin token or admin client key" }
                     input type="password" id="credential" name="credential" autocomplete="current-password" required autofocus;
