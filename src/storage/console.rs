@@ -37,6 +37,15 @@ pub struct StatusCounts {
     pub expiring: i64,
 }
 
+// The statements both backends run as they are (each binds its own timestamp type).
+pub(super) const INSERT_SESSION: &str = "INSERT INTO console_sessions (token_hash, actor, \
+    client_id, key_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(super) const SELECT_SESSION: &str = "SELECT token_hash, actor, client_id, key_id, csrf, \
+    created_at, expires_at FROM console_sessions WHERE token_hash = $1";
+pub(super) const DELETE_SESSION: &str = "DELETE FROM console_sessions WHERE token_hash = $1";
+pub(super) const DELETE_CLIENT_SESSIONS: &str = "DELETE FROM console_sessions WHERE client_id = $1";
+pub(super) const PRUNE_SESSIONS: &str = "DELETE FROM console_sessions WHERE expires_at < $1";
+
 #[async_trait::async_trait]
 pub trait ConsoleStore: Send + Sync {
     async fn insert_session(&self, session: &StoredSession) -> Result<(), Error>;

@@ -94,6 +94,10 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<(), Error>;
 }
 
+/// Records a batch id in the flush's transaction; no row affected: the batch was written before.
+pub(super) const CLAIM_BATCH: &str =
+    "INSERT INTO usage_batches (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+
 /// The counter columns, in the order of `Outcome::ALL`.
 pub(super) const COUNTER_COLUMNS: [&str; 8] = [
     "allowed",

@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 
 use super::PostgresStore;
 use crate::storage::Error;
-use crate::storage::console::{ConsoleStore, StatusCounts, StoredSession};
+use crate::storage::console::{
+    ConsoleStore, DELETE_CLIENT_SESSIONS, DELETE_SESSION, INSERT_SESSION, PRUNE_SESSIONS,
+    SELECT_SESSION, StatusCounts, StoredSession,
+};
 
 type SessionRow = (
     String,
@@ -19,30 +22,24 @@ type SessionRow = (
 #[async_trait::async_trait]
 impl ConsoleStore for PostgresStore {
     async fn insert_session(&self, s: &StoredSession) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO console_sessions (token_hash, actor, client_id, key_id, csrf, \
-             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&s.token_hash)
-        .bind(&s.actor)
-        .bind(&s.client_id)
-        .bind(&s.key_id)
-        .bind(&s.csrf)
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(INSERT_SESSION)
+            .bind(&s.token_hash)
+            .bind(&s.actor)
+            .bind(&s.client_id)
+            .bind(&s.key_id)
+            .bind(&s.csrf)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn session(&self, token_hash: &str) -> Result<Option<StoredSession>, Error> {
-        let row: Option<SessionRow> = sqlx::query_as(
-            "SELECT token_hash, actor, client_id, key_id, csrf, created_at, expires_at \
-             FROM console_sessions WHERE token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<SessionRow> = sqlx::query_as(SELECT_SESSION)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| StoredSession {
             token_hash: r.0,
             actor: r.1,
@@ -55,7 +52,7 @@ impl ConsoleStore for PostgresStore {
     }
 
     async fn delete_session(&self, token_hash: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
+        sqlx::query(DELETE_SESSION)
             .bind(token_hash)
             .execute(&self.pool)
             .await?;
@@ -63,7 +60,7 @@ impl ConsoleStore for PostgresStore {
     }
 
     async fn delete_client_sessions(&self, client_id: &str) -> Result<(), Error> {
-        sqlx::query("DELETE FROM console_sessions WHERE client_id = $1")
+        sqlx::query(DELETE_CLIENT_SESSIONS)
             .bind(client_id)
             .execute(&self.pool)
             .await?;
@@ -71,7 +68,7 @@ impl ConsoleStore for PostgresStore {
     }
 
     async fn prune_sessions(&self, now: DateTime<Utc>) -> Result<(), Error> {
-        sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1")
+        sqlx::query(PRUNE_SESSIONS)
             .bind(now)
             .execute(&self.pool)
             .await?;

@@ -13,9 +13,9 @@ use super::PostgresStore;
 use crate::domain::usage::{BucketRange, Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
-    ALL_CLIENTS, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageRow, UsageStore,
-    client_usage, column_value, read_counters, series_of_clients_sql, series_sql, table,
-    top_clients_sql, upsert_sql,
+    ALL_CLIENTS, CLAIM_BATCH, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageRow,
+    UsageStore, client_usage, column_value, read_counters, series_of_clients_sql, series_sql,
+    table, top_clients_sql, upsert_sql,
 };
 
 const DIALECT: Dialect = Dialect {
@@ -177,14 +177,12 @@ impl PostgresStore {
 
     async fn write_batch(&self, batch: &UsageBatch) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO usage_batches (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&batch.id)
-        .bind(batch.at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let fresh = sqlx::query(CLAIM_BATCH)
+            .bind(&batch.id)
+            .bind(batch.at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
             == 1;
         if !fresh {
             tx.rollback().await?;

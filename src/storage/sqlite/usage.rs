@@ -8,9 +8,9 @@ use super::{SqliteStore, micros, time};
 use crate::domain::usage::{BucketRange, Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
-    ALL_CLIENTS, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageStore, client_usage,
-    column_value, read_counters, series_of_clients_sql, series_sql, table, top_clients_sql,
-    upsert_sql,
+    ALL_CLIENTS, CLAIM_BATCH, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageStore,
+    client_usage, column_value, read_counters, series_of_clients_sql, series_sql, table,
+    top_clients_sql, upsert_sql,
 };
 
 const DIALECT: Dialect = Dialect {
@@ -25,14 +25,12 @@ const PRUNE_BATCH: u64 = 2000;
 impl UsageStore for SqliteStore {
     async fn record_usage(&self, batch: &UsageBatch) -> Result<bool, Error> {
         let mut tx = self.write_tx().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO usage_batches (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&batch.id)
-        .bind(micros(batch.at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let fresh = sqlx::query(CLAIM_BATCH)
+            .bind(&batch.id)
+            .bind(micros(batch.at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
             == 1;
         if !fresh {
             tx.rollback().await?;
