@@ -179,7 +179,10 @@ impl Background {
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut poll = tokio::time::interval(CHANGE_POLL);
-        let mut flush = tokio::time::interval(self.flush_interval);
+        // The first flush waits a whole interval: an immediate first tick, delayed by a busy
+        // start, could write the first uses at an arbitrary moment instead of on the schedule.
+        let first_flush = tokio::time::Instant::now() + self.flush_interval;
+        let mut flush = tokio::time::interval_at(first_flush, self.flush_interval);
         let mut sweep = tokio::time::interval(SWEEP);
         for timer in [&mut poll, &mut flush, &mut sweep] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
