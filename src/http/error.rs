@@ -105,6 +105,13 @@ pub enum UpstreamError {
     BadTarget,
 }
 
+impl UpstreamError {
+    /// The upstream failed the request (502/504), rather than the request being unfit.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(self, UpstreamError::Failed | UpstreamError::Timeout)
+    }
+}
+
 impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> Self {
         match e {

@@ -201,13 +201,14 @@ impl FromRequestParts<AppState> for ClientAddr {
 /// `Authorization` header of any other form is an invalid credential, with no fallback.
 pub fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim())
-            .filter(|t| !t.is_empty())
-            .map(Credential::Bearer);
+        let bearer = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|t| !t.is_empty());
+        return Some(bearer.map_or(Credential::Malformed, Credential::Bearer));
     }
     headers
         .get("x-api-key")?
@@ -294,6 +295,7 @@ mod tests {
         credential(headers).map(|c| match c {
             Credential::ApiKey(k) => format!("key {k}"),
             Credential::Bearer(b) => format!("bearer {b}"),
+            Credential::Malformed => "malformed".to_string(),
         })
     }
 
@@ -313,13 +315,17 @@ mod tests {
                 ("authorization", "Basic a"),
                 ("x-api-key", "k")
             ])),
-            None
+            some("malformed")
         );
         assert_eq!(
             shown(&headers(&[("authorization", "bearer a")])),
             some("bearer a")
         );
-        assert_eq!(shown(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(
+            shown(&headers(&[("authorization", "Bearer ")])),
+            some("malformed")
+        );
+        assert_eq!(shown(&headers(&[])), None);
     }
 
     #[test]

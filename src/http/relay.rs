@@ -94,7 +94,9 @@ async fn relay(
     let mut response = match forwarded {
         Ok(response) => response,
         Err(e) => {
-            admission.upstream_failed();
+            if e.is_upstream_failure() {
+                admission.upstream_failed();
+            }
             return Err(e.into());
         }
     };

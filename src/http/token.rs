@@ -133,13 +133,16 @@ enum ClientAuth {
     Header(String),
     /// Form fields `client_id` + `client_secret`.
     Form { client_id: String, secret: String },
+    /// An `Authorization` header of another scheme, or Basic that does not decode: refused
+    /// at the gate like any credential naming no one (counted, charged to the address).
+    Malformed,
 }
 
 impl ClientAuth {
     fn challenge(&self) -> &'static str {
         match self {
             ClientAuth::Header(_) => "Bearer",
-            _ => "Basic",
+            ClientAuth::Basic { .. } | ClientAuth::Form { .. } | ClientAuth::Malformed => "Basic",
         }
     }
 
@@ -156,6 +159,10 @@ impl ClientAuth {
                 credential: Credential::ApiKey(key),
                 client_id: None,
             },
+            ClientAuth::Malformed => ClientCredentials {
+                credential: Credential::Malformed,
+                client_id: None,
+            },
         }
     }
 
@@ -163,7 +170,7 @@ impl ClientAuth {
     /// everywhere; a header credential together with `client_secret` is two methods.
     fn from_request(headers: &HeaderMap, params: &OAuthParams) -> Result<Self, OAuthError> {
         let header_auth = match headers.get(header::AUTHORIZATION) {
-            Some(value) => Some(parse_authorization(value)?),
+            Some(value) => Some(parse_authorization(value).unwrap_or(ClientAuth::Malformed)),
             None => headers
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
@@ -184,38 +191,32 @@ impl ClientAuth {
     }
 }
 
-fn parse_authorization(value: &HeaderValue) -> Result<ClientAuth, OAuthError> {
-    let value = value
-        .to_str()
-        .map_err(|_| OAuthError::invalid_client("Basic"))?;
+/// Bearer or Basic; `None` for any other form.
+fn parse_authorization(value: &HeaderValue) -> Option<ClientAuth> {
+    let value = value.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(ClientAuth::Header(rest.to_string()));
+        return Some(ClientAuth::Header(rest.to_string()));
     }
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::invalid_client("Basic"));
+        return None;
     }
-    let decoded = STANDARD
-        .decode(rest)
-        .map_err(|_| OAuthError::invalid_client("Basic"))?;
-    let decoded = String::from_utf8(decoded).map_err(|_| OAuthError::invalid_client("Basic"))?;
-    let (id, secret) = decoded
-        .split_once(':')
-        .ok_or_else(|| OAuthError::invalid_client("Basic"))?;
-    Ok(ClientAuth::Basic {
+    let decoded = String::from_utf8(STANDARD.decode(rest).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some(ClientAuth::Basic {
         client_id: form_decode(id)?,
         secret: form_decode(secret)?,
     })
 }
 
 /// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64.
-fn form_decode(text: &str) -> Result<String, OAuthError> {
+fn form_decode(text: &str) -> Option<String> {
     let spaced = text.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
+        .ok()
         .map(|s| s.into_owned())
-        .map_err(|_| OAuthError::invalid_client("Basic"))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -39,6 +39,9 @@ pub enum Credential<'a> {
     /// `Authorization: Bearer`: an API key, the admin token or an access token, told apart by
     /// format and by what the endpoint accepts.
     Bearer(&'a str),
+    /// An `Authorization` header of no form we take (another scheme, an empty or unreadable
+    /// value): a credential that names no one.
+    Malformed,
 }
 
 /// Which credentials count where they are presented (see the contract's "Presenting
@@ -307,6 +310,7 @@ impl Gate {
         let (value, is_bearer) = match credential {
             Credential::ApiKey(value) => (value, false),
             Credential::Bearer(value) => (value, true),
+            Credential::Malformed => return Ok(Err(Refusal::of(None, Outcome::Invalid))),
         };
         match accepts {
             Accepts::AdminTokenOrKey => {
@@ -326,16 +330,19 @@ impl Gate {
             }
             Accepts::KeyOrToken { .. } => self.key_caller(value, peer, now).await,
             Accepts::ClientKey { client_id } => {
-                let caller = self.key_caller(value, peer, now).await?;
-                // A key presented with another client's id is a wrong secret for that client.
-                Ok(caller.and_then(|c| {
-                    let owner = c.client().map(|c| c.client_id.as_str());
-                    if client_id.is_none_or(|id| owner == Some(id)) {
-                        Ok(c)
-                    } else {
-                        Err(Refusal::of(None, Outcome::Invalid))
+                // A key presented with another client's id is a wrong secret for that client,
+                // whatever the state of the key's own client.
+                let check = self.check_key(value, peer, now).await?;
+                let owner = match &check {
+                    KeyCheck::Valid(c) | KeyCheck::Disabled(c) | KeyCheck::Expired(c) => {
+                        Some(c.client_id.as_str())
                     }
-                }))
+                    KeyCheck::NotFound => None,
+                };
+                if client_id.is_some_and(|id| owner != Some(id)) {
+                    return Ok(Err(Refusal::of(None, Outcome::Invalid)));
+                }
+                Ok(Self::caller_of(check))
             }
         }
     }
@@ -359,13 +366,17 @@ impl Gate {
         peer: IpAddr,
         now: DateTime<Utc>,
     ) -> Result<Result<Caller, Refusal>, Error> {
-        Ok(match self.check_key(key, peer, now).await? {
+        Ok(Self::caller_of(self.check_key(key, peer, now).await?))
+    }
+
+    fn caller_of(check: KeyCheck) -> Result<Caller, Refusal> {
+        match check {
             KeyCheck::Valid(client) => Ok(Caller::Client {
                 scopes: client.scopes.clone(),
                 client,
             }),
             refused => Err(refused.refusal()),
-        })
+        }
     }
 
     /// Whether `caller` may use an endpoint needing `scope`: the admin token and clients

@@ -290,6 +290,54 @@ async fn a_mixed_workload_is_counted_exactly_by_client_endpoint_and_outcome() {
     }
 }
 
+#[tokio::test]
+async fn malformed_credentials_and_keys_under_another_clients_id_count_as_invalid() {
+    let upstream = upstream::start().await;
+    let app = TestApp::spawn_with(config(&upstream.base).await).await;
+    let (owner, _) = app.create_named("owner").await;
+    let (off, key_off) = app.create_named("switched-off").await;
+    app.admin(
+        Method::POST,
+        &format!("/admin/clients/{}/disable", id(&off)),
+    )
+    .send()
+    .await
+    .unwrap();
+    // At a relay route: an Authorization header of another scheme.
+    let digest = app
+        .request(Method::GET, "/v1/chat/x")
+        .header("authorization", "Digest username=x")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(digest, StatusCode::UNAUTHORIZED).await;
+    // At the token endpoint: Basic that does not decode, and a disabled client's key sent
+    // under another client's id (a wrong secret for that client, not a use of its own).
+    let form = [("grant_type", "client_credentials")];
+    let garbled = app
+        .request(Method::POST, "/v1/token")
+        .header("authorization", "Basic %%%")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), StatusCode::UNAUTHORIZED);
+    let borrowed = app
+        .request(Method::POST, "/v1/token")
+        .basic_auth(id(&owner), Some(&key_off))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(borrowed.status(), StatusCode::UNAUTHORIZED);
+    wait_for_totals(&app, "", json!({"invalid": 3})).await;
+    assert_eq!(totals(&app, "endpoint=token").await, json!({"invalid": 2}));
+    assert_eq!(
+        totals(&app, &format!("client_id={}", id(&off))).await,
+        json!({})
+    );
+}
+
 fn urlencode(text: &str) -> String {
     text.replace('/', "%2F")
 }

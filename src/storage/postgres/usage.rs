@@ -129,7 +129,11 @@ impl PostgresStore {
             return Ok(());
         }
         let existing = self.existing_partitions().await?;
-        let missing = unknown(&existing);
+        let mut missing = unknown(&existing);
+        // Creating a partition locks its parent; taking the parents in the order flushes
+        // write them (minute, hour, day) means a flush and this can never deadlock.
+        let parents = Granularity::ALL.map(table);
+        missing.sort_by_key(|p| (parents.iter().position(|t| *t == p.parent), p.start));
         self.remember_partitions(existing);
         if missing.is_empty() {
             return Ok(());
