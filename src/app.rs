@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::service::admin::ClientAdmin;
 use crate::service::auth::{Gate, GateParts};
 use crate::service::console::ConsoleSessions;
+use crate::service::credits::{CreditLeases, IDLE_GIVE_BACK};
 use crate::service::health::Health;
 use crate::service::keyring::{KeyRing, SigningKeys};
 use crate::service::last_used::LastUse;
@@ -83,6 +84,7 @@ pub async fn serve(
         metrics.legacy_bcrypt_checks.clone(),
         metrics.legacy_checks_queued.clone(),
     );
+    let credits = Arc::new(CreditLeases::new(store.clone()));
     let gate = Arc::new(Gate::new(GateParts {
         store: store.clone(),
         cache: cache.clone(),
@@ -93,11 +95,15 @@ pub async fn serve(
         legacy,
         failed_auth: failed_auth.clone(),
         limiter: limiter.clone(),
+        credits: credits.clone(),
         keyring: keyring.clone(),
         tokens: config.tokens.clone(),
     }));
     let state = AppState::new(Shared {
-        admin: Arc::new(ClientAdmin::new(store.clone(), Some(cache.clone()))),
+        admin: Arc::new(
+            ClientAdmin::new(store.clone(), Some(cache.clone()))
+                .with_credit_leases(credits.clone()),
+        ),
         usage: Arc::new(UsageReports::new(store.clone())),
         console: Arc::new(ConsoleSessions::new(store.clone(), gate.clone())),
         signing_keys: signing_keys.clone(),
@@ -122,6 +128,7 @@ pub async fn serve(
         cache,
         last_used: last_used.clone(),
         meter: meter.clone(),
+        credits: credits.clone(),
         flush_interval: config.usage.flush_interval,
         limiter,
         failed_auth,
@@ -142,11 +149,14 @@ pub async fn serve(
     if let Err(e) = meter.flush(store.as_ref(), crate::domain::now()).await {
         tracing::error!(error = %e, "could not write the usage counts at shutdown; they are lost");
     }
+    if let Err(e) = credits.give_back(crate::domain::now(), None).await {
+        tracing::error!(error = %e, "could not give back leased credits at shutdown; they stay spent until the next refill");
+    }
     Ok(())
 }
 
 /// Periodic work: follow the change log and the signing keys (both every 500 ms, so a change
-/// anywhere is in force here within a second), write uses (`last_used_at` and usage counts),
+/// anywhere is in force here within a second) and give back idle credit leases, write uses (`last_used_at` and usage counts),
 /// sweep limiter and cache state, keep usage storage ready and within its retention.
 struct Background {
     store: Arc<dyn Store>,
@@ -156,6 +166,7 @@ struct Background {
     cache: ClientCache,
     last_used: LastUse,
     meter: Arc<Meter>,
+    credits: Arc<CreditLeases>,
     flush_interval: Duration,
     limiter: Arc<dyn RateLimiter>,
     failed_auth: Arc<FailedAuthLimiter>,
@@ -197,6 +208,9 @@ impl Background {
                     let now = crate::domain::now();
                     if let Err(e) = self.signing_keys.load_into(&self.keyring, now).await {
                         tracing::warn!(error = %e, "could not reload the signing keys");
+                    }
+                    if let Err(e) = self.credits.give_back(now, Some(IDLE_GIVE_BACK)).await {
+                        tracing::warn!(error = %e, "could not give back idle credit leases; kept for the next try");
                     }
                 }
                 _ = flush.tick() => {

@@ -8,6 +8,7 @@ pub mod api_key;
 pub mod audit;
 pub mod client;
 pub mod error;
+pub mod policy;
 pub mod rate_limit;
 pub mod route;
 pub mod scope;

@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
-pub use admin::{ClientListResponse, ClientResponse, ClientWithKeyResponse};
+pub use admin::{ClientListResponse, ClientResponse, ClientWithKeyResponse, CreditsView};
 pub use error::ApiError;
 pub use forward::Relay;
 pub use state::{AppState, Shared};

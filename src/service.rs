@@ -2,12 +2,13 @@
 //! `auth` is the one credential gate (who is calling, what may they do); `admin` manages
 //! clients; `token` exchanges keys for access tokens and introspects them; `keyring` holds the
 //! token-signing keys; `legacy_key` finds keys adopted from the original service; `last_used`
-//! batches `last_used_at`; `meter` counts every use for usage analytics and `usage` answers
+//! batches `last_used_at`; `credits` spends usage credits from leases of the balance; `meter` counts every use for usage analytics and `usage` answers
 //! questions about them; `console` keeps the web console's sessions.
 
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod console;
+pub mod credits;
 pub(crate) mod health;
 pub mod keyring;
 pub(crate) mod last_used;

@@ -3,6 +3,7 @@
 //! write is decided by the caller (see the `edit` closure of `update_client`).
 
 pub mod console;
+pub mod credits;
 mod postgres;
 mod sqlite;
 pub mod usage;
@@ -10,11 +11,14 @@ pub mod usage;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 
+use crate::domain::address;
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId, PreviousKey, StoredKey};
+use crate::domain::policy::{Credits, Refill, RefillInterval};
 use crate::domain::signing_key::StoredSigningKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +112,9 @@ pub type Edit<'a> = &'a (dyn Fn(&Client) -> (Client, NewAuditEvent) + Send + Syn
 pub type DeletionAudit<'a> = &'a (dyn Fn(&Client) -> NewAuditEvent + Send + Sync);
 
 #[async_trait::async_trait]
-pub trait Store: usage::UsageStore + console::ConsoleStore + Send + Sync {
+pub trait Store:
+    usage::UsageStore + console::ConsoleStore + credits::CreditStore + Send + Sync
+{
     /// Applies the embedded migrations (idempotent).
     async fn migrate(&self) -> Result<(), Error>;
     async fn ping(&self) -> Result<(), Error>;
@@ -211,6 +217,51 @@ struct ClientParts {
     prev_key_hash: Option<String>,
     prev_key_expires_at: Option<DateTime<Utc>>,
     token_generation: i64,
+    policy: PolicyColumns,
+}
+
+/// A client's policy columns as both backends read and write them.
+struct PolicyColumns {
+    credits_remaining: Option<i64>,
+    credits_refill_amount: Option<i64>,
+    credits_refill_interval: Option<String>,
+    credits_period: Option<DateTime<Utc>>,
+    credits_generation: i64,
+    allowed_networks: Vec<String>,
+}
+
+impl PolicyColumns {
+    fn of(client: &Client) -> Self {
+        let refill = client.credits.and_then(|c| c.refill);
+        PolicyColumns {
+            credits_remaining: client.credits.map(|c| c.remaining),
+            credits_refill_amount: refill.map(|r| r.amount),
+            credits_refill_interval: refill.map(|r| r.interval.as_str().to_string()),
+            credits_period: client.credits_period,
+            credits_generation: client.credits_generation,
+            allowed_networks: client.network_texts(),
+        }
+    }
+
+    fn credits(&self) -> Option<Credits> {
+        let refill = match (self.credits_refill_amount, &self.credits_refill_interval) {
+            (Some(amount), Some(interval)) => {
+                RefillInterval::parse(interval).map(|interval| Refill { amount, interval })
+            }
+            _ => None,
+        };
+        self.credits_remaining.map(|remaining| Credits {
+            remaining: remaining.max(0),
+            refill,
+        })
+    }
+
+    fn networks(&self) -> Vec<IpNet> {
+        self.allowed_networks
+            .iter()
+            .filter_map(|n| address::parse_network(n).ok())
+            .collect()
+    }
 }
 
 impl ClientParts {
@@ -254,6 +305,10 @@ impl ClientParts {
             key,
             previous_key,
             token_generation: self.token_generation,
+            credits: self.policy.credits(),
+            credits_period: self.policy.credits_period,
+            credits_generation: self.policy.credits_generation,
+            allowed_networks: self.policy.networks(),
         }
     }
 }

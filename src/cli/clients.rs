@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::{explain, print_json, printable};
@@ -13,7 +13,8 @@ use crate::domain;
 use crate::domain::api_key::PlainKey;
 use crate::domain::audit::Actor;
 use crate::domain::client::{Client, ClientChanges, ClientDraft, ClientId};
-use crate::http::{ClientListResponse, ClientResponse, ClientWithKeyResponse};
+use crate::domain::policy::{CreditsDraft, RefillDraft};
+use crate::http::{ClientListResponse, ClientResponse, ClientWithKeyResponse, CreditsView};
 use crate::service::admin::{ClientAdmin, ListRequest, MAX_PAGE};
 use crate::storage::Store;
 
@@ -34,6 +35,11 @@ pub enum ClientsCommand {
         /// A JSON object.
         #[arg(long)]
         metadata: Option<String>,
+        #[command(flatten)]
+        credits: CreditArgs,
+        /// Comma-separated CIDRs or addresses the client may call from (default: anywhere).
+        #[arg(long, value_delimiter = ',')]
+        allowed_networks: Option<Vec<String>>,
     },
     /// List clients, newest first.
     List {
@@ -63,6 +69,16 @@ pub enum ClientsCommand {
         no_expiry: bool,
         #[arg(long)]
         metadata: Option<String>,
+        #[command(flatten)]
+        credits: CreditArgs,
+        /// Remove the credits (unlimited use).
+        #[arg(long, conflicts_with = "credits")]
+        no_credits: bool,
+        #[arg(long, value_delimiter = ',', conflicts_with = "no_networks")]
+        allowed_networks: Option<Vec<String>>,
+        /// Allow calls from anywhere.
+        #[arg(long)]
+        no_networks: bool,
     },
     /// Disable a client (its keys stop working).
     Disable { client_id: String },
@@ -83,6 +99,31 @@ pub enum ClientsCommand {
     },
 }
 
+/// Usage credits: a balance, and optionally a refill at the start of every UTC day or month.
+#[derive(Args, Debug)]
+pub struct CreditArgs {
+    /// Usage credits: each request uses one (default: unlimited).
+    #[arg(long)]
+    credits: Option<i64>,
+    /// Set the credits to this at the start of every refill interval.
+    #[arg(long, requires_all = ["credits", "refill_interval"])]
+    refill_amount: Option<i64>,
+    /// day or month (UTC).
+    #[arg(long, requires = "refill_amount")]
+    refill_interval: Option<String>,
+}
+
+impl CreditArgs {
+    fn draft(self) -> Option<CreditsDraft> {
+        let refill = self
+            .refill_amount
+            .zip(self.refill_interval)
+            .map(|(amount, interval)| RefillDraft { amount, interval });
+        self.credits
+            .map(|remaining| CreditsDraft { remaining, refill })
+    }
+}
+
 fn parse_metadata(text: Option<String>) -> anyhow::Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).context("--metadata must be JSON"))
         .transpose()
@@ -101,6 +142,8 @@ pub async fn run(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
             rate_limit,
             expires_at,
             metadata,
+            credits,
+            allowed_networks,
         } => {
             let draft = ClientDraft {
                 name,
@@ -108,6 +151,8 @@ pub async fn run(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
                 rate_limit,
                 expires_at,
                 metadata: parse_metadata(metadata)?,
+                credits: credits.draft(),
+                allowed_networks,
             };
             let (client, key) = admin.create(&actor, draft, now).await.map_err(explain)?;
             print_with_key(client, &key, json)
@@ -155,6 +200,10 @@ pub async fn run(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
             expires_at,
             no_expiry,
             metadata,
+            credits,
+            no_credits,
+            allowed_networks,
+            no_networks,
         } => {
             let changes = ClientChanges {
                 name,
@@ -167,6 +216,16 @@ pub async fn run(store: Arc<dyn Store>, command: ClientsCommand, json: bool) -> 
                     expires_at.map(Some)
                 },
                 metadata: parse_metadata(metadata)?,
+                credits: if no_credits {
+                    Some(None)
+                } else {
+                    credits.draft().map(Some)
+                },
+                allowed_networks: if no_networks {
+                    Some(Vec::new())
+                } else {
+                    allowed_networks
+                },
             };
             let client = admin
                 .update(&actor, &id(&client_id)?, changes, now)
@@ -246,6 +305,16 @@ fn print_client(client: Client, json: bool) -> anyhow::Result<()> {
         "metadata      {}",
         printable(&Value::Object(client.metadata).to_string())
     );
+    println!("credits       {}", credits_text(client.credits.as_ref()));
+    let networks = client.allowed_networks.join(",");
+    println!(
+        "networks      {}",
+        if networks.is_empty() {
+            "anywhere"
+        } else {
+            &networks
+        }
+    );
     println!("created_at    {}", client.created_at.to_rfc3339());
     println!("updated_at    {}", client.updated_at.to_rfc3339());
     println!("last_used_at  {}", show(client.last_used_at));
@@ -265,8 +334,19 @@ fn print_with_key(client: Client, key: &PlainKey, json: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// `unlimited`, or what is left and the refill: `40 (refill 100/day)`.
+fn credits_text(credits: Option<&CreditsView>) -> String {
+    match credits {
+        None => "unlimited".into(),
+        Some(c) => match &c.refill {
+            None => c.remaining.to_string(),
+            Some(r) => format!("{} (refill {}/{})", c.remaining, r.amount, r.interval),
+        },
+    }
+}
+
 fn print_table(clients: &[ClientResponse]) {
-    let rows: Vec<[String; 6]> = clients
+    let rows: Vec<[String; 7]> = clients
         .iter()
         .map(|c| {
             [
@@ -276,6 +356,9 @@ fn print_table(clients: &[ClientResponse]) {
                 c.rate_limit.to_string(),
                 if c.enabled { "yes".into() } else { "no".into() },
                 c.key_prefix.clone().unwrap_or_else(|| "-".into()),
+                c.credits
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |c| c.remaining.to_string()),
             ]
         })
         .collect();
@@ -286,6 +369,7 @@ fn print_table(clients: &[ClientResponse]) {
         "RATE/MIN",
         "ENABLED",
         "KEY_PREFIX",
+        "CREDITS",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());

@@ -10,13 +10,16 @@ pub use draft::{
 };
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use ipnet::IpNet;
 use serde_json::{Map, Value, json};
 
 use super::Error;
 use super::api_key::{KeyHash, KeyId, NewKey, PresentedKey};
+use super::policy::{self, Credits};
 
 /// Requests per minute a client may be given: the limiter clamps adopted rows to it.
 pub const MAX_RATE_LIMIT: i64 = 1_000_000;
@@ -100,6 +103,16 @@ pub struct Client {
     /// Moves on when the client is disabled or its key is regenerated without grace; access
     /// tokens carry the generation they were issued in and die when it moves.
     pub token_generation: i64,
+    /// Usage credits; `None`: unlimited. `remaining` is the balance the database held when
+    /// read, without what nodes hold leased (see `service::credits`).
+    pub credits: Option<Credits>,
+    /// The refill period the balance belongs to; a refill moves it on.
+    pub credits_period: Option<DateTime<Utc>>,
+    /// Moves on whenever the balance is set, by an admin or by a refill: credits leased
+    /// under an older generation are void.
+    pub credits_generation: i64,
+    /// Where the client may call from; empty: anywhere.
+    pub allowed_networks: Vec<IpNet>,
 }
 
 /// Whether a client may authenticate now, in the order verification reports it.
@@ -132,6 +145,18 @@ impl Client {
                 .is_some_and(|p| p.expires_at > now && is(&p.key))
     }
 
+    /// Whether the client may call from `ip` (`None`: an address not known).
+    pub fn allows_address(&self, ip: Option<IpAddr>) -> bool {
+        policy::address_allowed(&self.allowed_networks, ip)
+    }
+
+    pub fn network_texts(&self) -> Vec<String> {
+        self.allowed_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }
@@ -154,6 +179,8 @@ impl Client {
             "enabled": self.enabled,
             "expires_at": self.expires_at,
             "metadata": self.metadata,
+            "credits": self.credits,
+            "allowed_networks": self.network_texts(),
         })
     }
 }
@@ -240,6 +267,8 @@ mod tests {
             rate_limit: Some(0),
             expires_at: Some("2020-01-01T00:00:00Z".into()),
             metadata: Some(json!([1])),
+            credits: None,
+            allowed_networks: Some(vec!["10.0.0.1/8".into()]),
         };
         let got = pointers(NewClient::validate(d, now()).unwrap_err());
         assert_eq!(
@@ -249,7 +278,8 @@ mod tests {
                 "/scopes",
                 "/rate_limit",
                 "/expires_at",
-                "/metadata"
+                "/metadata",
+                "/allowed_networks"
             ]
         );
     }

@@ -43,6 +43,12 @@ pub enum Error {
     /// The client's own rate limit is spent.
     #[error("rate limit exceeded")]
     OverLimit(Decision),
+    /// The client may not call from the caller's address (its `allowed_networks`).
+    #[error("the client may not call from this address")]
+    AddressRefused,
+    /// The client's credits are spent; the next refill is this many seconds away, if any.
+    #[error("usage credits exhausted")]
+    UsageExceeded { retry_after_seconds: Option<u64> },
     /// A token was asked for a scope the client does not hold.
     #[error("the client does not hold every scope requested")]
     InvalidScope,

@@ -17,6 +17,7 @@ use super::state::AppState;
 use crate::domain;
 use crate::domain::audit::AuditEvent;
 use crate::domain::client::{Client, ClientChanges, ClientDraft, ClientId};
+use crate::domain::policy::{Credits, CreditsDraft, RefillDraft};
 use crate::service::admin::{AuditRequest, ListRequest};
 
 type Admin = Authorized<AdminScope>;
@@ -55,12 +56,76 @@ pub struct ClientResponse {
     pub updated_at: DateTime<Utc>,
     /// May lag real use by a few seconds.
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Usage credits; null: unlimited.
+    pub credits: Option<CreditsView>,
+    /// CIDRs the client may call from; empty: anywhere.
+    pub allowed_networks: Vec<String>,
+}
+
+/// A client's credits as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreditsView {
+    /// Credits left; exact once no request has arrived for 10 s (before, nodes may hold some).
+    pub remaining: i64,
+    pub refill: Option<RefillView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RefillView {
+    /// What `remaining` is set to at the start of each period.
+    pub amount: i64,
+    /// `day` or `month` (UTC).
+    pub interval: String,
+}
+
+impl From<Credits> for CreditsView {
+    fn from(c: Credits) -> Self {
+        CreditsView {
+            remaining: c.remaining,
+            refill: c.refill.map(|r| RefillView {
+                amount: r.amount,
+                interval: r.interval.as_str().to_string(),
+            }),
+        }
+    }
+}
+
+/// Credits as asked for: `remaining` 0..=10^12, an optional `refill`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsRequest {
+    remaining: i64,
+    #[serde(default)]
+    refill: Option<RefillRequest>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefillRequest {
+    /// 1..=10^12.
+    amount: i64,
+    /// `day` or `month`.
+    interval: String,
+}
+
+impl From<CreditsRequest> for CreditsDraft {
+    fn from(c: CreditsRequest) -> Self {
+        CreditsDraft {
+            remaining: c.remaining,
+            refill: c.refill.map(|r| RefillDraft {
+                amount: r.amount,
+                interval: r.interval,
+            }),
+        }
+    }
 }
 
 impl From<Client> for ClientResponse {
     fn from(c: Client) -> Self {
         ClientResponse {
             key_prefix: c.key_prefix(),
+            credits: c.credits.map(CreditsView::from),
+            allowed_networks: c.network_texts(),
             client_id: c.client_id.to_string(),
             name: c.name,
             scopes: c.scopes,
@@ -101,6 +166,10 @@ pub struct CreateClientRequest {
     expires_at: Option<String>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Usage credits (default null: unlimited).
+    credits: Option<CreditsRequest>,
+    /// Up to 32 CIDRs or addresses the client may call from (default: anywhere).
+    allowed_networks: Option<Vec<String>>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -110,7 +179,8 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Any of the fields; `"expires_at": null` clears the expiry; other fields may not be null.
+/// Any of the fields; `"expires_at": null` clears the expiry and `"credits": null` the
+/// credits; other fields may not be null (`"allowed_networks": []` allows anywhere).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateClientRequest {
@@ -132,6 +202,12 @@ pub struct UpdateClientRequest {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
     metadata: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<CreditsRequest>)]
+    credits: Option<Option<CreditsRequest>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>)]
+    allowed_networks: Option<Option<Vec<String>>>,
 }
 
 impl UpdateClientRequest {
@@ -152,6 +228,8 @@ impl UpdateClientRequest {
             enabled: required("enabled", self.enabled)?,
             expires_at: self.expires_at,
             metadata: required("metadata", self.metadata)?,
+            credits: self.credits.map(|c| c.map(CreditsDraft::from)),
+            allowed_networks: required("allowed_networks", self.allowed_networks)?,
         })
     }
 }
@@ -240,6 +318,8 @@ pub async fn create_client(
         rate_limit: req.rate_limit,
         expires_at: req.expires_at,
         metadata: req.metadata,
+        credits: req.credits.map(CreditsDraft::from),
+        allowed_networks: req.allowed_networks,
     };
     let (client, key) = state
         .admin

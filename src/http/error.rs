@@ -198,6 +198,20 @@ impl From<domain::Error> for ApiError {
             E::InvalidScope => {
                 ApiError::bad_request("the client does not hold every scope requested", Vec::new())
             }
+            E::AddressRefused => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the client may not call from this address",
+            ),
+            E::UsageExceeded {
+                retry_after_seconds,
+            } => ApiError {
+                problem_type: QUOTA_EXCEEDED,
+                retry_after: retry_after_seconds,
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "the client's usage credits are spent",
+                )
+            },
             E::Busy {
                 retry_after_seconds,
             } => ApiError {
@@ -363,6 +377,21 @@ impl From<domain::Error> for OAuthError {
                 "invalid_scope",
                 "the client does not hold every scope requested",
             ),
+            domain::Error::AddressRefused => OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "the client may not call from this address",
+            ),
+            domain::Error::UsageExceeded {
+                retry_after_seconds,
+            } => OAuthError {
+                retry_after: retry_after_seconds,
+                ..OAuthError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "temporarily_unavailable",
+                    "the client's usage credits are spent",
+                )
+            },
             domain::Error::Busy {
                 retry_after_seconds,
             } => OAuthError {

@@ -275,7 +275,7 @@ pub async fn authorize(
             now,
         )
         .await?;
-    Ok((state.gate.authorize(&caller, scope, now)?, addr))
+    Ok((state.gate.authorize(&caller, scope, addr, now)?, addr))
 }
 
 #[cfg(test)]

@@ -67,7 +67,8 @@ async fn relay(
         return Err(domain::Error::Unauthenticated.into());
     };
     let endpoint = Endpoint::Route(&route.prefix);
-    let mut admission = match gate.admit(&caller, endpoint, Some(&route.scope), now).await {
+    let admitted = gate.admit(&caller, endpoint, Some(&route.scope), addr, now);
+    let mut admission = match admitted.await {
         Ok(admission) => admission,
         Err(e) => {
             if matches!(e, domain::Error::OverLimit(_)) {

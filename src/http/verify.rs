@@ -1,6 +1,8 @@
 //! `POST /v1/keys/verify`: is this key valid, whose is it, and may it make a request now?
 //! A valid verification counts one request against the key's owner (never the caller).
 
+use std::net::IpAddr;
+
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -13,7 +15,8 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Authorized, VerifyScope};
 use super::state::AppState;
 use crate::domain;
-use crate::service::auth::Verification;
+use crate::domain::policy::MAX_COST;
+use crate::service::auth::{self, Verification};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/keys/verify", post(verify_key))
@@ -23,6 +26,34 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     key: String,
+    /// The address the key was presented from, checked against the owner's
+    /// `allowed_networks` (an owner with networks is `FORBIDDEN` without it).
+    ip: Option<String>,
+    /// Credits this use costs, 0..=1000 (default 1).
+    cost: Option<i64>,
+}
+
+impl VerifyRequest {
+    /// What the gate checks besides the key, validated.
+    fn checks(&self) -> Result<auth::VerifyRequest, domain::Error> {
+        let ip = self
+            .ip
+            .as_deref()
+            .map(|ip| {
+                ip.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| domain::Error::invalid("/ip", "must be an IPv4 or IPv6 address"))
+            })
+            .transpose()?;
+        let cost = self.cost.unwrap_or(1);
+        if !(0..=MAX_COST).contains(&cost) {
+            return Err(domain::Error::invalid(
+                "/cost",
+                format!("must be 0..={MAX_COST}"),
+            ));
+        }
+        Ok(auth::VerifyRequest { ip, cost })
+    }
 }
 
 /// `{"valid": true, ...}` with the owner's settings, or `{"valid": false, "code"}`.
@@ -45,6 +76,15 @@ pub struct ValidKey {
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub ratelimit: RateLimitState,
+    /// Present when the client has credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsLeft>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreditsLeft {
+    /// Credits left after this use, as the answering node sees them.
+    pub remaining: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -60,7 +100,8 @@ pub struct RateLimitState {
 pub struct InvalidKey {
     /// Always false.
     pub valid: bool,
-    /// One of `NOT_FOUND`, `DISABLED`, `EXPIRED`, `RATE_LIMITED`.
+    /// One of `NOT_FOUND`, `DISABLED`, `EXPIRED`, `FORBIDDEN`, `RATE_LIMITED`,
+    /// `USAGE_EXCEEDED`.
     pub code: String,
 }
 
@@ -73,12 +114,17 @@ pub async fn verify_key(
     caller: Authorized<VerifyScope>,
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
+    let checks = req.checks()?;
     let verification = state
         .gate
-        .verify(&req.key, caller.addr, domain::now())
+        .verify(&req.key, checks, caller.addr, domain::now())
         .await?;
-    let (client, decision) = match verification {
-        Verification::Valid { client, decision } => (client, decision),
+    let (client, decision, credits_left) = match verification {
+        Verification::Valid {
+            client,
+            decision,
+            credits_left,
+        } => (client, decision, credits_left),
         Verification::Invalid(code) => {
             return Ok(Json(VerifyResponse::Invalid(InvalidKey {
                 valid: false,
@@ -99,5 +145,6 @@ pub async fn verify_key(
             remaining: decision.remaining,
             reset_seconds: decision.reset_seconds,
         },
+        credits: credits_left.map(|remaining| CreditsLeft { remaining }),
     })))
 }

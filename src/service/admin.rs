@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::credits::CreditLeases;
 use crate::cache::ClientCache;
 use crate::domain::Error;
 use crate::domain::api_key::{self, PlainKey};
@@ -47,11 +48,34 @@ pub struct ClientAdmin {
     store: Arc<dyn Store>,
     /// The serving process's cache; the CLI has none.
     cache: Option<ClientCache>,
+    /// The serving process's credit leases, counted into the balances it shows.
+    credits: Option<Arc<CreditLeases>>,
 }
 
 impl ClientAdmin {
     pub fn new(store: Arc<dyn Store>, cache: Option<ClientCache>) -> Self {
-        ClientAdmin { store, cache }
+        ClientAdmin {
+            store,
+            cache,
+            credits: None,
+        }
+    }
+
+    /// Shows balances with what this process holds leased (the serving process).
+    pub fn with_credit_leases(self, credits: Arc<CreditLeases>) -> Self {
+        ClientAdmin {
+            credits: Some(credits),
+            ..self
+        }
+    }
+
+    /// `client` with its balance as this process sees it: the database's and its own lease.
+    fn shown(&self, mut client: Client) -> Client {
+        let held = self.credits.as_ref().map_or(0, |l| l.held_for(&client));
+        if let Some(credits) = client.credits.as_mut() {
+            credits.remaining += held;
+        }
+        client
     }
 
     fn invalidate(&self, id: &ClientId) {
@@ -109,7 +133,8 @@ impl ClientAdmin {
     }
 
     pub async fn get(&self, id: &ClientId) -> Result<Client, Error> {
-        self.store.client(id).await?.ok_or(Error::NotFound)
+        let client = self.store.client(id).await?.ok_or(Error::NotFound)?;
+        Ok(self.shown(client))
     }
 
     pub async fn list(&self, request: ListRequest) -> Result<Page<Client>, Error> {
@@ -135,6 +160,7 @@ impl ClientAdmin {
         let mut items = self.store.list_clients(&query).await?;
         let next_cursor = next_page(&mut items, limit)
             .map(|last| format!("{}.{}", last.created_at.timestamp_micros(), last.row_id));
+        let items = items.into_iter().map(|c| self.shown(c)).collect();
         Ok(Page { items, next_cursor })
     }
 
@@ -186,7 +212,7 @@ impl ClientAdmin {
         if !client.enabled || !client.has_scope(crate::domain::scope::ADMIN) {
             self.end_console_sessions(id).await;
         }
-        Ok(client)
+        Ok(self.shown(client))
     }
 
     /// Ends the console sessions of a client that may no longer hold them (disabled, deleted,

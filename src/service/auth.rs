@@ -3,8 +3,9 @@
 //! (parse and checksum, the client cache, one indexed lookup, or the bounded bcrypt path of a
 //! key adopted from the original service) or an access token (signature, claims, the client
 //! still standing behind it), then the accounting: a failure is charged to the address, a
-//! success noted for `last_used_at`. `authorize` and `admit` decide what a caller may do:
-//! its scope, and one request from its client's rate limit. Every endpoint that takes a
+//! success noted for `last_used_at`. `authorize` and `admit` decide what a caller may do, in
+//! the contract's order: its scope, the client's networks, one request from its rate limit,
+//! then one of its credits (`credits`), if it has any. Every endpoint that takes a
 //! credential goes through here; verification and introspection check keys here too. And
 //! every use at verify, token and the relay routes is counted here, by its outcome (`meter`).
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::credits::{CreditLeases, Spend};
 use super::keyring::KeyRing;
 use super::last_used::LastUse;
 use super::legacy_key::{LegacyKeys, LegacyMatch};
@@ -191,13 +193,23 @@ impl Drop for Admission<'_> {
 
 /// What `verify` says of a key.
 pub enum Verification {
-    /// Valid, and one request was taken from its owner's allowance.
+    /// Valid, and one request was taken from its owner's allowance, and `cost` credits.
     Valid {
         client: Arc<Client>,
         decision: Decision,
+        credits_left: Option<i64>,
     },
-    /// Not valid now: `NOT_FOUND`, `DISABLED`, `EXPIRED` or `RATE_LIMITED`.
+    /// Not valid now: `NOT_FOUND`, `DISABLED`, `EXPIRED`, `FORBIDDEN`, `RATE_LIMITED` or
+    /// `USAGE_EXCEEDED`.
     Invalid(&'static str),
+}
+
+/// What a verification asks besides the key: where it was presented from (checked against
+/// the owner's networks) and how many credits it costs.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRequest {
+    pub ip: Option<IpAddr>,
+    pub cost: i64,
 }
 
 /// What the gate needs: the stores it reads, the counters it keeps, and its settings.
@@ -211,6 +223,7 @@ pub struct GateParts {
     pub legacy: LegacyKeys,
     pub failed_auth: Arc<FailedAuthLimiter>,
     pub limiter: Arc<dyn RateLimiter>,
+    pub credits: Arc<CreditLeases>,
     pub keyring: Arc<KeyRing>,
     pub tokens: TokenSettings,
 }
@@ -226,6 +239,7 @@ pub struct Gate {
     legacy: LegacyKeys,
     failed_auth: Arc<FailedAuthLimiter>,
     limiter: Arc<dyn RateLimiter>,
+    credits: Arc<CreditLeases>,
     keyring: Arc<KeyRing>,
     tokens: TokenSettings,
 }
@@ -253,6 +267,7 @@ impl Gate {
             legacy: parts.legacy,
             failed_auth: parts.failed_auth,
             limiter: parts.limiter,
+            credits: parts.credits,
             keyring: parts.keyring,
             tokens: parts.tokens,
         }
@@ -379,20 +394,27 @@ impl Gate {
         }
     }
 
-    /// Whether `caller` may use an endpoint needing `scope`: the admin token and clients
-    /// holding `admin` may use every one. Endpoints asking this take no rate limit.
+    /// Whether `caller`, calling from `peer`, may use an endpoint needing `scope`: the admin
+    /// token and clients holding `admin` may use every one, a client only from its networks.
+    /// Endpoints asking this take no rate limit and no credits.
     pub fn authorize(
         &self,
         caller: &Caller,
         scope: &Scope,
+        peer: IpAddr,
         now: DateTime<Utc>,
     ) -> Result<Actor, Error> {
-        if caller.holds(scope::ADMIN) || caller.holds(scope.as_str()) {
-            self.record_use(caller, now);
-            Ok(caller.actor())
-        } else {
-            Err(Error::Forbidden(scope.clone()))
+        if !(caller.holds(scope::ADMIN) || caller.holds(scope.as_str())) {
+            return Err(Error::Forbidden(scope.clone()));
         }
+        if caller
+            .client()
+            .is_some_and(|c| !c.allows_address(Some(peer)))
+        {
+            return Err(Error::AddressRefused);
+        }
+        self.record_use(caller, now);
+        Ok(caller.actor())
     }
 
     /// Signs an admin in (the console): the admin token or a key holding `admin`. Any other
@@ -407,7 +429,7 @@ impl Gate {
         let caller = self
             .authenticate(presented, Accepts::AdminTokenOrKey, peer, now)
             .await?;
-        if self.authorize(&caller, &Scope::ADMIN, now).is_err() {
+        if self.authorize(&caller, &Scope::ADMIN, peer, now).is_err() {
             self.failed_auth.record_failure(peer, now);
             return Err(Error::Unauthenticated);
         }
@@ -432,29 +454,43 @@ impl Gate {
         Ok(lookup.client)
     }
 
-    /// Lets `caller` make one request at `endpoint` needing exactly `scope` (a relay
-    /// route's; `None` at the token endpoint), taken from its client's rate limit. A refusal
-    /// is counted here; the admission counts itself when dropped.
+    /// Lets `caller`, calling from `peer`, make one request at `endpoint` needing exactly
+    /// `scope` (a relay route's; `None` at the token endpoint): checked against its client's
+    /// networks, then taken from its rate limit and its credits. A refusal is counted here;
+    /// the admission counts itself when dropped.
     pub async fn admit<'a>(
         &'a self,
         caller: &'a Caller,
         endpoint: Endpoint<'a>,
         scope: Option<&Scope>,
+        peer: IpAddr,
         now: DateTime<Utc>,
     ) -> Result<Admission<'a>, Error> {
         let Some(client) = caller.client_ref() else {
             return Err(Error::Unauthenticated);
         };
+        let refuse = |outcome, error| {
+            self.meter.count(Some(client), endpoint, outcome, now);
+            Err(error)
+        };
         if let Some(scope) = scope.filter(|s| !caller.holds(s.as_str())) {
-            self.meter
-                .count(Some(client), endpoint, Outcome::Forbidden, now);
-            return Err(Error::Forbidden(scope.clone()));
+            return refuse(Outcome::Forbidden, Error::Forbidden(scope.clone()));
+        }
+        if !client.allows_address(Some(peer)) {
+            return refuse(Outcome::Forbidden, Error::AddressRefused);
         }
         let decision = self.take_request(client, now).await;
         if !decision.allowed {
-            self.meter
-                .count(Some(client), endpoint, Outcome::RateLimited, now);
-            return Err(Error::OverLimit(decision));
+            return refuse(Outcome::RateLimited, Error::OverLimit(decision));
+        }
+        if let Spend::Exceeded {
+            retry_after_seconds,
+        } = self.credits.spend(client, 1, now).await?
+        {
+            let exceeded = Error::UsageExceeded {
+                retry_after_seconds,
+            };
+            return refuse(Outcome::UsageExceeded, exceeded);
         }
         Ok(Admission {
             decision,
@@ -486,11 +522,13 @@ impl Gate {
             .await
     }
 
-    /// `POST /v1/keys/verify`: is `key` valid, and may its owner make a request now? A valid
-    /// verification takes one request from the owner's allowance (never the caller's).
+    /// `POST /v1/keys/verify`: is `key` valid, may its owner call from `request.ip`, and
+    /// make a request now? A valid verification takes one request from the owner's allowance
+    /// (never the caller's) and `request.cost` of its credits. `peer` is the caller's address.
     pub async fn verify(
         &self,
         key: &str,
+        request: VerifyRequest,
         peer: IpAddr,
         now: DateTime<Utc>,
     ) -> Result<Verification, Error> {
@@ -509,18 +547,33 @@ impl Gate {
                 return Ok(Verification::Invalid(code));
             }
         };
+        let refuse = |code: &'static str, outcome| {
+            self.metrics.observe_verification(code);
+            self.meter
+                .count(Some(&client), Endpoint::Verify, outcome, now);
+            Ok(Verification::Invalid(code))
+        };
+        if !client.allows_address(request.ip) {
+            return refuse("FORBIDDEN", Outcome::Forbidden);
+        }
         let decision = self.take_request(&client, now).await;
         if !decision.allowed {
-            self.metrics.observe_verification("RATE_LIMITED");
-            self.meter
-                .count(Some(&client), Endpoint::Verify, Outcome::RateLimited, now);
-            return Ok(Verification::Invalid("RATE_LIMITED"));
+            return refuse("RATE_LIMITED", Outcome::RateLimited);
         }
+        let credits_left = match self.credits.spend(&client, request.cost, now).await? {
+            Spend::Unlimited => None,
+            Spend::Spent { remaining } => Some(remaining),
+            Spend::Exceeded { .. } => return refuse("USAGE_EXCEEDED", Outcome::UsageExceeded),
+        };
         self.metrics.observe_verification("VALID");
         self.meter
             .count(Some(&client), Endpoint::Verify, Outcome::Allowed, now);
         self.last_used.record(&client.client_id, now);
-        Ok(Verification::Valid { client, decision })
+        Ok(Verification::Valid {
+            client,
+            decision,
+            credits_left,
+        })
     }
 
     /// Checks an API key presented from `peer`, without any accounting. A malformed key or

@@ -91,7 +91,10 @@ impl TokenService {
                 .count_refusal(&caller, Endpoint::Token, forbidden, now);
             return Err(Error::InvalidScope);
         };
-        let admission = self.gate.admit(&caller, Endpoint::Token, None, now).await?;
+        let admission = self
+            .gate
+            .admit(&caller, Endpoint::Token, None, peer, now)
+            .await?;
         let decision = admission.decision;
         let jti = crate::domain::random_hex(16)?; // 128 random bits (RFC 7519 §4.1.7)
         let claims = access_token::claims_for(&client, &scopes, &self.settings, now, jti);

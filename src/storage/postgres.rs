@@ -3,6 +3,7 @@
 //! nullable, so reads coalesce them to the original defaults.
 
 mod console;
+mod credits;
 mod usage;
 
 use std::collections::HashSet;
@@ -15,7 +16,10 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, Store};
+use super::{
+    AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, PolicyColumns,
+    Store,
+};
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
@@ -28,7 +32,9 @@ const ADMIN_EXISTS: &str =
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, COALESCE(name, '') AS name, \
     COALESCE(scopes, '{}') AS scopes, COALESCE(rate_limit, 100) AS rate_limit, \
     COALESCE(enabled, FALSE) AS enabled, expires_at, COALESCE(created_at, updated_at) AS created_at, \
-    updated_at, last_used_at, metadata, key_id, prev_key_id, prev_key_hash, prev_key_expires_at, token_generation";
+    updated_at, last_used_at, metadata, key_id, prev_key_id, prev_key_hash, prev_key_expires_at, \
+    token_generation, credits_remaining, credits_refill_amount, credits_refill_interval, \
+    credits_period, credits_generation, allowed_networks";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -79,6 +85,12 @@ struct ClientRow {
     prev_key_hash: Option<String>,
     prev_key_expires_at: Option<DateTime<Utc>>,
     token_generation: i64,
+    credits_remaining: Option<i64>,
+    credits_refill_amount: Option<i64>,
+    credits_refill_interval: Option<String>,
+    credits_period: Option<DateTime<Utc>>,
+    credits_generation: i64,
+    allowed_networks: Json<Vec<String>>,
 }
 
 impl ClientRow {
@@ -101,6 +113,14 @@ impl ClientRow {
             prev_key_hash: self.prev_key_hash,
             prev_key_expires_at: self.prev_key_expires_at,
             token_generation: self.token_generation,
+            policy: PolicyColumns {
+                credits_remaining: self.credits_remaining,
+                credits_refill_amount: self.credits_refill_amount,
+                credits_refill_interval: self.credits_refill_interval,
+                credits_period: self.credits_period,
+                credits_generation: self.credits_generation,
+                allowed_networks: self.allowed_networks.0,
+            },
         }
         .into_client()
     }
@@ -248,12 +268,16 @@ impl Store for PostgresStore {
         };
         let (new, audit) = edit(&old);
         let keys = KeyColumns::of(&new);
+        let policy = PolicyColumns::of(&new);
         sqlx::query(
             "UPDATE api_clients SET name = $1, scopes = $2, rate_limit = $3, enabled = $4, \
              expires_at = $5, metadata = $6, updated_at = $7, key_id = $8, \
              api_key_hash = COALESCE($9, api_key_hash), prev_key_id = $10, prev_key_hash = $11, \
              prev_key_expires_at = $12, token_generation = $13, \
-             legacy_key_digest = CASE WHEN $8::text IS NULL THEN legacy_key_digest END \
+             legacy_key_digest = CASE WHEN $8::text IS NULL THEN legacy_key_digest END, \
+             credits_remaining = $15, credits_refill_amount = $16, \
+             credits_refill_interval = $17, credits_period = $18, credits_generation = $19, \
+             allowed_networks = $20 \
              WHERE id = $14",
         )
         .bind(&new.name)
@@ -270,6 +294,12 @@ impl Store for PostgresStore {
         .bind(keys.prev_key_expires_at)
         .bind(new.token_generation)
         .bind(old.row_id)
+        .bind(policy.credits_remaining)
+        .bind(policy.credits_refill_amount)
+        .bind(policy.credits_refill_interval)
+        .bind(policy.credits_period)
+        .bind(policy.credits_generation)
+        .bind(Json(&policy.allowed_networks))
         .execute(&mut *tx)
         .await?;
         insert_audit(&mut tx, &audit).await?;
@@ -511,10 +541,13 @@ async fn insert_client_row(
     client: &Client,
 ) -> Result<i64, Error> {
     let keys = KeyColumns::of(client);
+    let policy = PolicyColumns::of(client);
     let row_id: i64 = sqlx::query_scalar(
         "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
-             expires_at, created_at, updated_at, metadata, key_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+             expires_at, created_at, updated_at, metadata, key_id, credits_remaining, \
+             credits_refill_amount, credits_refill_interval, credits_period, allowed_networks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             RETURNING id",
     )
     .bind(client.client_id.as_str())
     .bind(keys.api_key_hash.unwrap_or_default())
@@ -527,6 +560,11 @@ async fn insert_client_row(
     .bind(client.updated_at)
     .bind(Json(&client.metadata))
     .bind(keys.key_id)
+    .bind(policy.credits_remaining)
+    .bind(policy.credits_refill_amount)
+    .bind(policy.credits_refill_interval)
+    .bind(policy.credits_period)
+    .bind(Json(&policy.allowed_networks))
     .fetch_one(&mut **tx)
     .await?;
     Ok(row_id)

@@ -3,6 +3,7 @@
 //! read-then-write transaction never fails on a lock upgrade.
 
 mod console;
+mod credits;
 mod usage;
 
 use std::str::FromStr;
@@ -12,7 +13,10 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlitePool, Transaction};
 
-use super::{AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, Store};
+use super::{
+    AuditQuery, ClientParts, ClientQuery, DeletionAudit, Edit, Error, KeyColumns, PolicyColumns,
+    Store,
+};
 use crate::domain::api_key::{KeyHash, KeyId};
 use crate::domain::audit::{AuditEvent, NewAuditEvent};
 use crate::domain::client::{Client, ClientId};
@@ -24,7 +28,9 @@ const ADMIN_EXISTS: &str = "SELECT 1 FROM api_clients WHERE enabled AND EXISTS \
 
 const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, name, scopes, rate_limit, enabled, \
     expires_at, created_at, updated_at, last_used_at, metadata, key_id, prev_key_id, \
-    prev_key_hash, prev_key_expires_at, token_generation";
+    prev_key_hash, prev_key_expires_at, token_generation, credits_remaining, \
+    credits_refill_amount, credits_refill_interval, credits_period, credits_generation, \
+    allowed_networks";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -81,6 +87,12 @@ struct ClientRow {
     prev_key_hash: Option<String>,
     prev_key_expires_at: Option<i64>,
     token_generation: i64,
+    credits_remaining: Option<i64>,
+    credits_refill_amount: Option<i64>,
+    credits_refill_interval: Option<String>,
+    credits_period: Option<i64>,
+    credits_generation: i64,
+    allowed_networks: String,
 }
 
 fn time(micros: i64) -> DateTime<Utc> {
@@ -111,6 +123,14 @@ impl ClientRow {
             prev_key_hash: self.prev_key_hash,
             prev_key_expires_at: self.prev_key_expires_at.map(time),
             token_generation: self.token_generation,
+            policy: PolicyColumns {
+                credits_remaining: self.credits_remaining,
+                credits_refill_amount: self.credits_refill_amount,
+                credits_refill_interval: self.credits_refill_interval,
+                credits_period: self.credits_period.map(time),
+                credits_generation: self.credits_generation,
+                allowed_networks: serde_json::from_str(&self.allowed_networks).unwrap_or_default(),
+            },
         }
         .into_client()
     }
@@ -248,12 +268,16 @@ impl Store for SqliteStore {
         };
         let (new, audit) = edit(&old);
         let keys = KeyColumns::of(&new);
+        let policy = PolicyColumns::of(&new);
         sqlx::query(
             "UPDATE api_clients SET name = $1, scopes = $2, rate_limit = $3, enabled = $4, \
              expires_at = $5, metadata = $6, updated_at = $7, key_id = $8, \
              api_key_hash = COALESCE($9, api_key_hash), prev_key_id = $10, prev_key_hash = $11, \
              prev_key_expires_at = $12, token_generation = $13, \
-             legacy_key_digest = CASE WHEN $14 IS NULL THEN legacy_key_digest END \
+             legacy_key_digest = CASE WHEN $14 IS NULL THEN legacy_key_digest END, \
+             credits_remaining = $16, credits_refill_amount = $17, \
+             credits_refill_interval = $18, credits_period = $19, credits_generation = $20, \
+             allowed_networks = $21 \
              WHERE id = $15",
         )
         .bind(&new.name)
@@ -271,6 +295,12 @@ impl Store for SqliteStore {
         .bind(new.token_generation)
         .bind(new.key.map(|k| k.key_id.as_str().to_string()))
         .bind(old.row_id)
+        .bind(policy.credits_remaining)
+        .bind(policy.credits_refill_amount)
+        .bind(policy.credits_refill_interval)
+        .bind(policy.credits_period.map(micros))
+        .bind(policy.credits_generation)
+        .bind(json_text(&policy.allowed_networks))
         .execute(&mut *tx)
         .await?;
         insert_audit(&mut tx, &audit).await?;
@@ -505,10 +535,13 @@ async fn insert_client_row(
     client: &Client,
 ) -> Result<i64, Error> {
     let keys = KeyColumns::of(client);
+    let policy = PolicyColumns::of(client);
     let row_id: i64 = sqlx::query_scalar(
         "INSERT INTO api_clients (client_id, api_key_hash, name, scopes, rate_limit, enabled, \
-             expires_at, created_at, updated_at, metadata, key_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+             expires_at, created_at, updated_at, metadata, key_id, credits_remaining, \
+             credits_refill_amount, credits_refill_interval, credits_period, allowed_networks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             RETURNING id",
     )
     .bind(client.client_id.as_str())
     .bind(keys.api_key_hash.unwrap_or_default())
@@ -521,6 +554,11 @@ async fn insert_client_row(
     .bind(micros(client.updated_at))
     .bind(json_text(&client.metadata))
     .bind(keys.key_id)
+    .bind(policy.credits_remaining)
+    .bind(policy.credits_refill_amount)
+    .bind(policy.credits_refill_interval)
+    .bind(policy.credits_period.map(micros))
+    .bind(json_text(&policy.allowed_networks))
     .fetch_one(&mut **tx)
     .await?;
     Ok(row_id)

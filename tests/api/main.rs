@@ -14,6 +14,7 @@ mod errors;
 mod legacy;
 mod nodes;
 mod ops;
+mod policies;
 mod relay;
 mod relay_hygiene;
 mod storage;

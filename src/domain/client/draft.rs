@@ -5,8 +5,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
+use ipnet::IpNet;
+
 use super::{Client, ClientId, MAX_RATE_LIMIT, StoredKey};
 use crate::domain::api_key::NewKey;
+use crate::domain::policy::{self, Credits, CreditsDraft};
 use crate::domain::{Error, FieldError, scope};
 
 pub const DEFAULT_RATE_LIMIT: i64 = 100;
@@ -23,10 +26,13 @@ pub struct ClientDraft {
     pub rate_limit: Option<i64>,
     pub expires_at: Option<String>,
     pub metadata: Option<Value>,
+    pub credits: Option<CreditsDraft>,
+    pub allowed_networks: Option<Vec<String>>,
 }
 
-/// What an admin asks to change, before validation. `expires_at: Some(None)` clears it.
-#[derive(Debug, Default, Clone)]
+/// What an admin asks to change, before validation. `expires_at: Some(None)` and
+/// `credits: Some(None)` clear them.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ClientChanges {
     pub name: Option<String>,
     pub scopes: Option<Vec<String>>,
@@ -34,6 +40,8 @@ pub struct ClientChanges {
     pub enabled: Option<bool>,
     pub expires_at: Option<Option<String>>,
     pub metadata: Option<Value>,
+    pub credits: Option<Option<CreditsDraft>>,
+    pub allowed_networks: Option<Vec<String>>,
 }
 
 /// A validated creation request.
@@ -44,6 +52,8 @@ pub struct NewClient {
     pub rate_limit: i64,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: Map<String, Value>,
+    pub credits: Option<Credits>,
+    pub allowed_networks: Vec<IpNet>,
 }
 
 /// A validated change; `None` leaves a field as it is.
@@ -55,6 +65,8 @@ pub struct ClientUpdate {
     pub enabled: Option<bool>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub metadata: Option<Map<String, Value>>,
+    pub credits: Option<Option<Credits>>,
+    pub allowed_networks: Option<Vec<IpNet>>,
 }
 
 /// Collects every field's problem so one response lists them all.
@@ -65,6 +77,16 @@ impl Problems {
     fn check<T>(&mut self, pointer: &str, result: Result<T, String>) -> Option<T> {
         result
             .map_err(|detail| self.0.push(FieldError::new(pointer, detail)))
+            .ok()
+    }
+
+    fn check_credits(&mut self, draft: CreditsDraft) -> Option<Credits> {
+        policy::parse_credits(draft)
+            .map_err(|problems| {
+                for (pointer, detail) in problems {
+                    self.0.push(FieldError::new(pointer, detail));
+                }
+            })
             .ok()
     }
 
@@ -98,6 +120,11 @@ impl NewClient {
             "/metadata",
             parse_metadata(draft.metadata.unwrap_or(Value::Object(Map::new()))),
         );
+        let credits = draft.credits.map(|c| p.check_credits(c));
+        let allowed_networks = p.check(
+            "/allowed_networks",
+            policy::parse_networks(&draft.allowed_networks.unwrap_or_default()),
+        );
         p.finish(|| {
             Some(NewClient {
                 name: name?,
@@ -105,6 +132,8 @@ impl NewClient {
                 rate_limit: rate_limit?,
                 expires_at: expires_at?,
                 metadata: metadata?,
+                credits: credits.map(|c| c.ok_or(())).transpose().ok()?,
+                allowed_networks: allowed_networks?,
             })
         })
     }
@@ -129,6 +158,10 @@ impl NewClient {
             }),
             previous_key: None,
             token_generation: 0,
+            credits_period: self.credits.and_then(|c| c.period(now)),
+            credits: self.credits,
+            credits_generation: 0,
+            allowed_networks: self.allowed_networks,
         }
     }
 }
@@ -140,7 +173,9 @@ impl ClientUpdate {
             && changes.rate_limit.is_none()
             && changes.enabled.is_none()
             && changes.expires_at.is_none()
-            && changes.metadata.is_none();
+            && changes.metadata.is_none()
+            && changes.credits.is_none()
+            && changes.allowed_networks.is_none();
         if empty {
             return Err(Error::invalid("", "give at least one field to change"));
         }
@@ -158,6 +193,12 @@ impl ClientUpdate {
         let metadata = changes
             .metadata
             .map(|m| p.check("/metadata", parse_metadata(m)));
+        let credits = changes
+            .credits
+            .map(|c| c.map(|c| p.check_credits(c).ok_or(())).transpose());
+        let allowed_networks = changes
+            .allowed_networks
+            .map(|n| p.check("/allowed_networks", policy::parse_networks(&n)));
         p.finish(|| {
             Some(ClientUpdate {
                 name: name.map(|v| v.ok_or(())).transpose().ok()?,
@@ -166,6 +207,8 @@ impl ClientUpdate {
                 enabled: changes.enabled,
                 expires_at: expires_at.map(|v| v.ok_or(())).transpose().ok()?,
                 metadata: metadata.map(|v| v.ok_or(())).transpose().ok()?,
+                credits: credits.transpose().ok()?,
+                allowed_networks: allowed_networks.map(|v| v.ok_or(())).transpose().ok()?,
             })
         })
     }
@@ -211,6 +254,28 @@ impl ClientUpdate {
             &self.expires_at,
         );
         record(&mut diff, "metadata", &mut new.metadata, &self.metadata);
+        if let Some(credits) = &self.credits {
+            // Setting the balance voids what nodes hold leased under the old one, even when
+            // it is set to the number the database happens to hold.
+            if old.credits != *credits {
+                diff.insert(
+                    "credits".into(),
+                    json!({"from": old.credits, "to": credits}),
+                );
+            }
+            new.credits = *credits;
+            new.credits_period = credits.and_then(|c| c.period(now));
+            new.credits_generation += 1;
+        }
+        if let Some(networks) = &self.allowed_networks {
+            if old.allowed_networks != *networks {
+                new.allowed_networks = networks.clone();
+                diff.insert(
+                    "allowed_networks".into(),
+                    json!({"from": old.network_texts(), "to": new.network_texts()}),
+                );
+            }
+        }
         if !diff.is_empty() {
             new.updated_at = now;
         }

@@ -157,6 +157,8 @@ pub async fn create_client(
         rate_limit: parsed.rate_limit,
         expires_at: parsed.expires_at,
         metadata: parsed.metadata,
+        credits: parsed.credits,
+        allowed_networks: Some(parsed.allowed_networks),
     };
     let result = if parsed.errors.is_empty() {
         state
@@ -287,16 +289,32 @@ pub async fn update_client(
         Err(e) => return failure(e, Some(&session)),
     };
     let parsed = parse_form(&form);
-    // An expiry left as it was is no change (a past one would fail "must be in the future").
-    let unchanged_expiry = form.expires_at.trim() == ClientFields::of(&current).expires_at;
+    // Only what the form changes is sent: a field left as shown is no change, so an adopted
+    // row that today's rules would refuse, or a past expiry, can stay as it is, and the
+    // credits are not set (voiding every node's lease) unless they were edited.
+    let shown = ClientFields::of(&current);
+    let edited = form.fields();
+    let changed = |a: &str, b: &str| a.trim() != b.trim();
+    let credits_edited = changed(&edited.credits, &shown.credits)
+        || changed(&edited.refill_amount, &shown.refill_amount)
+        || changed(&edited.refill_interval, &shown.refill_interval);
     let changes = ClientChanges {
-        name: Some(form.name.clone()),
-        scopes: Some(parsed.scopes),
-        rate_limit: parsed.rate_limit,
+        name: changed(&edited.name, &shown.name).then(|| form.name.clone()),
+        scopes: (parsed.scopes != current.scopes).then_some(parsed.scopes),
+        rate_limit: parsed.rate_limit.filter(|r| *r != current.rate_limit),
         enabled: None,
-        expires_at: (!unchanged_expiry).then_some(parsed.expires_at),
-        metadata: Some(parsed.metadata.unwrap_or_else(|| serde_json::json!({}))),
+        expires_at: changed(&edited.expires_at, &shown.expires_at).then_some(parsed.expires_at),
+        metadata: changed(&edited.metadata, &shown.metadata)
+            .then(|| parsed.metadata.unwrap_or_else(|| serde_json::json!({}))),
+        credits: credits_edited.then_some(parsed.credits),
+        allowed_networks: (parsed.allowed_networks != current.network_texts())
+            .then_some(parsed.allowed_networks),
     };
+    let nothing_changed = parsed.errors.is_empty() && changes == ClientChanges::default();
+    if nothing_changed {
+        return Redirect::to(&format!("/console/clients/{}?updated=saved", id.as_str()))
+            .into_response();
+    }
     let result = if parsed.errors.is_empty() {
         state
             .admin

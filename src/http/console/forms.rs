@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::pages::some_text;
 use super::views::ClientFields;
+use crate::domain::policy::{CreditsDraft, RefillDraft};
 use crate::domain::{Error, FieldError};
 
 #[derive(Deserialize)]
@@ -21,6 +22,14 @@ pub struct ClientForm {
     pub expires_at: String,
     #[serde(default)]
     pub metadata: String,
+    #[serde(default)]
+    pub credits: String,
+    #[serde(default)]
+    pub refill_amount: String,
+    #[serde(default)]
+    pub refill_interval: String,
+    #[serde(default)]
+    pub allowed_networks: String,
 }
 
 impl ClientForm {
@@ -31,6 +40,10 @@ impl ClientForm {
             rate_limit: self.rate_limit.clone(),
             expires_at: self.expires_at.clone(),
             metadata: self.metadata.clone(),
+            credits: self.credits.clone(),
+            refill_amount: self.refill_amount.clone(),
+            refill_interval: self.refill_interval.clone(),
+            allowed_networks: self.allowed_networks.clone(),
         }
     }
 }
@@ -42,7 +55,38 @@ pub struct Parsed {
     pub rate_limit: Option<i64>,
     pub expires_at: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// `None`: unlimited.
+    pub credits: Option<CreditsDraft>,
+    pub allowed_networks: Vec<String>,
     pub errors: Vec<FieldError>,
+}
+
+/// A whole number in a field, or `None` for an empty one; anything else is reported.
+fn whole_number(text: &str, pointer: &str, errors: &mut Vec<FieldError>) -> Option<i64> {
+    let text = text.trim().replace([' ', '_'], "");
+    if text.is_empty() {
+        return None;
+    }
+    text.parse::<i64>()
+        .map_err(|_| errors.push(FieldError::new(pointer, "must be a whole number")))
+        .ok()
+}
+
+/// Credits as the form gives them: a balance, and a refill when an amount is given.
+fn credits(form: &ClientForm, errors: &mut Vec<FieldError>) -> Option<CreditsDraft> {
+    let remaining = whole_number(&form.credits, "/credits", errors);
+    let amount = whole_number(&form.refill_amount, "/refill_amount", errors);
+    let refill = amount.map(|amount| RefillDraft {
+        amount,
+        interval: form.refill_interval.trim().to_string(),
+    });
+    if refill.is_some() && remaining.is_none() && form.credits.trim().is_empty() {
+        errors.push(FieldError::new(
+            "/credits",
+            "give the credits to start with when they are refilled",
+        ));
+    }
+    remaining.map(|remaining| CreditsDraft { remaining, refill })
 }
 
 pub fn parse_form(form: &ClientForm) -> Parsed {
@@ -54,16 +98,7 @@ pub fn parse_form(form: &ClientForm) -> Parsed {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let rate_limit = match form.rate_limit.trim() {
-        "" => None,
-        text => text.parse::<i64>().map_or_else(
-            |_| {
-                errors.push(FieldError::new("/rate_limit", "must be a whole number"));
-                None
-            },
-            Some,
-        ),
-    };
+    let rate_limit = whole_number(&form.rate_limit, "/rate_limit", &mut errors);
     // A `datetime-local` value has no offset: the form says it is UTC.
     let expires_at = some_text(&form.expires_at).map(|t| {
         let bare = t.len() == 16 && t.as_bytes().get(10) == Some(&b'T');
@@ -82,12 +117,30 @@ pub fn parse_form(form: &ClientForm) -> Parsed {
             }
         },
     };
+    let credits = credits(form, &mut errors);
+    let allowed_networks = form
+        .allowed_networks
+        .split([',', ' ', '\n', '\r', '\t'])
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
     Parsed {
         scopes,
         rate_limit,
         expires_at,
         metadata,
+        credits,
+        allowed_networks,
         errors,
+    }
+}
+
+/// The form field a service message is about: the credits' refill has fields of its own.
+fn form_pointer(pointer: &str) -> String {
+    match pointer {
+        "/credits/refill/amount" => "/refill_amount".into(),
+        "/credits/refill/interval" => "/refill_interval".into(),
+        other => other.to_string(),
     }
 }
 
@@ -95,7 +148,8 @@ pub fn parse_form(form: &ClientForm) -> Parsed {
 pub fn merge_errors(mut parsed: Vec<FieldError>, service: Error) -> Result<Vec<FieldError>, Error> {
     match service {
         Error::Invalid(more) => {
-            for e in more {
+            for mut e in more {
+                e.pointer = form_pointer(&e.pointer);
                 let field = e
                     .pointer
                     .trim_start_matches('/')

@@ -248,7 +248,7 @@ pub fn clients(
             div.table-wrap { table {
                 thead { tr {
                     th { "name" } th.wide { "id" } th.wide { "key" } th.wide { "scopes" }
-                    th.num { "per minute" } th { "status" } th.wide { "last used" } th { "36 h" }
+                    th.num { "per minute" } th.num { "credits" } th { "status" } th.wide { "last used" } th { "36 h" }
                 } }
                 tbody {
                     @for row in rows {
@@ -259,6 +259,7 @@ pub fn clients(
                             td.wide.mono { (c.key.map(|k| format!("eg_{}", k.key_id.as_str())).unwrap_or_else(|| "(adopted)".into())) }
                             td.wide { (c.scopes.join(" ")) }
                             td.num { (c.rate_limit) }
+                            td.num { (c.credits.map_or_else(|| "∞".to_string(), |c| c.remaining.to_string())) }
                             td { (badges(&row.badges)) }
                             td.wide { (time(c.last_used_at)) }
                             td { (row.sparkline) }
@@ -289,10 +290,18 @@ pub struct ClientFields {
     pub rate_limit: String,
     pub expires_at: String,
     pub metadata: String,
+    /// Empty: unlimited.
+    pub credits: String,
+    pub refill_amount: String,
+    /// `day`, `month`, or empty.
+    pub refill_interval: String,
+    /// Comma-separated; empty: anywhere.
+    pub allowed_networks: String,
 }
 
 impl ClientFields {
     pub fn of(client: &Client) -> Self {
+        let refill = client.credits.and_then(|c| c.refill);
         ClientFields {
             name: client.name.clone(),
             scopes: client.scopes.join(", "),
@@ -302,7 +311,32 @@ impl ClientFields {
                 .map(|t| t.format("%Y-%m-%dT%H:%M").to_string())
                 .unwrap_or_default(),
             metadata: serde_json::Value::Object(client.metadata.clone()).to_string(),
+            credits: client
+                .credits
+                .map(|c| c.remaining.to_string())
+                .unwrap_or_default(),
+            refill_amount: refill.map(|r| r.amount.to_string()).unwrap_or_default(),
+            refill_interval: refill
+                .map(|r| r.interval.as_str().to_string())
+                .unwrap_or_default(),
+            allowed_networks: client.network_texts().join(", "),
         }
+    }
+}
+
+/// `unlimited`, or what is left and its refill.
+pub fn credits_text(client: &Client) -> String {
+    match client.credits {
+        None => "unlimited".into(),
+        Some(c) => match c.refill {
+            None => format!("{} left", c.remaining),
+            Some(r) => format!(
+                "{} left, set to {} every {}",
+                c.remaining,
+                r.amount,
+                r.interval.as_str()
+            ),
+        },
     }
 }
 
@@ -360,6 +394,25 @@ pub fn client_form(
             }))
             (field("metadata", "Metadata", "A JSON object, at most 4096 bytes.", errors, |bad, hint| html! {
                 textarea id="metadata" name="metadata" aria-invalid=[invalid(bad)] aria-describedby=(hint) { (fields.metadata) }
+            }))
+            fieldset {
+                legend { "Usage credits" }
+                (field("credits", "Credits left", "Each request uses one. Empty: unlimited.", errors, |bad, hint| html! {
+                    input type="text" inputmode="numeric" id="credits" name="credits" value=(fields.credits) aria-invalid=[invalid(bad)] aria-describedby=(hint);
+                }))
+                (field("refill_amount", "Refill to", "Credits set at the start of each interval. Empty: no refill.", errors, |bad, hint| html! {
+                    input type="text" inputmode="numeric" id="refill_amount" name="refill_amount" value=(fields.refill_amount) aria-invalid=[invalid(bad)] aria-describedby=(hint);
+                }))
+                (field("refill_interval", "Refill every", "At 00:00 UTC.", errors, |bad, hint| html! {
+                    select id="refill_interval" name="refill_interval" aria-invalid=[invalid(bad)] aria-describedby=(hint) {
+                        @for (value, label) in [("", "no refill"), ("day", "day"), ("month", "month")] {
+                            option value=(value) selected[fields.refill_interval == value] { (label) }
+                        }
+                    }
+                }))
+            }
+            (field("allowed_networks", "Allowed networks", "CIDRs or addresses, comma-separated, such as 203.0.113.0/24, 2001:db8::/32. Empty: anywhere.", errors, |bad, hint| html! {
+                input type="text" id="allowed_networks" name="allowed_networks" value=(fields.allowed_networks) aria-invalid=[invalid(bad)] aria-describedby=(hint);
             }))
             button type="submit" { (submit) }
         }
@@ -420,6 +473,8 @@ pub fn client_detail(page: Detail<'_>, who: &Who<'_>) -> Markup {
                     dt { "key" } dd.mono { (c.key.map(|k| format!("eg_{}…", k.key_id.as_str())).unwrap_or_else(|| "adopted key".into())) }
                     dt { "scopes" } dd { (c.scopes.join(" ")) }
                     dt { "rate limit" } dd { (c.rate_limit) " per minute" }
+                    dt { "credits" } dd { (credits_text(c)) }
+                    dt { "networks" } dd { (if c.allowed_networks.is_empty() { "anywhere".to_string() } else { c.network_texts().join(", ") }) }
                     dt { "expires" } dd { (c.expires_at.map_or_else(|| "never".into(), |t| time(Some(t)))) }
                     dt { "created" } dd { (time(Some(c.created_at))) }
                     dt { "updated" } dd { (time(Some(c.updated_at))) }

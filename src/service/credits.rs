@@ -1,0 +1,230 @@
+//! Spending usage credits without a database write per request. Each node leases blocks of
+//! a client's credits from its balance in the database (one atomic statement that can never
+//! take more than the row holds) and spends from the lease in memory; what it does not use
+//! goes back once the client has been idle for a few seconds, when the balance runs out (so
+//! another node's request can have it), and at shutdown. Hence, on any number of nodes:
+//! - no more requests are admitted than there were credits: every credit spent was taken
+//!   from the balance first, by exactly one node;
+//! - a node that crashes strands what it held (at most one lease per client, see
+//!   `lease_size`): those credits are neither spent nor returned, and the next refill or an
+//!   admin's set of the balance makes it whole again;
+//! - a refill happens once per period: the first node to lease in a new period moves the
+//!   balance's period on (one conditional statement), and leases of the old period end with
+//!   it, by the clock of the node holding them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::domain::Error;
+use crate::domain::client::Client;
+use crate::storage::Store;
+
+/// The most credits one lease takes: a crash strands at most this many per client.
+const MAX_LEASE: i64 = 1000;
+/// A lease idle this long goes back to the balance, so that within 10 s of the last request
+/// the balance shows every credit not used (the background sweep runs every second).
+pub const IDLE_GIVE_BACK: Duration = Duration::seconds(5);
+
+/// What spending credits came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// The client has no credits: unlimited.
+    Unlimited,
+    /// Spent; `remaining` is what this node sees left (its lease and the balance it last
+    /// read; other nodes' leases are not seen).
+    Spent { remaining: i64 },
+    /// Not enough left. `retry_after_seconds`: until the next refill, if there is one.
+    Exceeded { retry_after_seconds: Option<u64> },
+}
+
+/// One client's credits held by this node.
+#[derive(Default)]
+struct Lease {
+    /// The balance's generation the held credits were taken from.
+    generation: i64,
+    /// Credits taken from the balance and not spent.
+    held: i64,
+    /// The balance after this node's last take, or `None` before its first.
+    left_in_store: Option<i64>,
+    /// The end of the refill period the held credits belong to: void after it.
+    valid_until: Option<DateTime<Utc>>,
+    last_spent: Option<DateTime<Utc>>,
+}
+
+type Entry = Arc<tokio::sync::Mutex<Lease>>;
+
+pub struct CreditLeases {
+    store: Arc<dyn Store>,
+    /// By client row id; sharded so that clients' requests do not meet on one lock.
+    shards: Box<[Mutex<HashMap<i64, Entry>>]>,
+}
+
+/// How many credits to lease when `balance` is left: an eighth, so that a few nodes share
+/// what is left, down to one at a time near the end (nothing is stranded in a lease then).
+fn lease_size(balance: i64) -> i64 {
+    (balance / 8).clamp(1, MAX_LEASE)
+}
+
+impl CreditLeases {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let shards = (0..64).map(|_| Mutex::default()).collect();
+        CreditLeases { store, shards }
+    }
+
+    fn shard(&self, row_id: i64) -> &Mutex<HashMap<i64, Entry>> {
+        let n = usize::try_from(row_id.rem_euclid(64)).unwrap_or(0);
+        &self.shards[n % self.shards.len()]
+    }
+
+    fn entry(&self, row_id: i64) -> Entry {
+        let mut map = self.shard(row_id).lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(row_id).or_default().clone()
+    }
+
+    /// Spends `cost` of `client`'s credits (0 spends none but still reports what is left).
+    pub async fn spend(
+        &self,
+        client: &Client,
+        cost: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Spend, Error> {
+        let Some(credits) = client.credits else {
+            return Ok(Spend::Unlimited);
+        };
+        let entry = self.entry(client.row_id);
+        let mut lease = entry.lock().await;
+        // An admin set the balance since, or the refill period ended: what is held is void.
+        if lease.generation < client.credits_generation {
+            *lease = Lease {
+                generation: client.credits_generation,
+                ..Lease::default()
+            };
+        }
+        if lease.valid_until.is_some_and(|end| now >= end) {
+            lease.held = 0;
+        }
+        if lease.held < cost {
+            let seen = lease.left_in_store.unwrap_or(credits.remaining);
+            let want = (cost - lease.held).max(lease_size(seen));
+            let taken = self
+                .store
+                .take_credits(client.row_id, want, credits.period(now))
+                .await?;
+            let Some(take) = taken else {
+                // The balance is gone: the client's credits were removed, or the client.
+                return Ok(Spend::Unlimited);
+            };
+            if take.generation != lease.generation {
+                lease.held = 0;
+                lease.generation = take.generation;
+            }
+            lease.held += take.taken;
+            lease.left_in_store = Some(take.left);
+            lease.valid_until = credits.refill.map(|r| r.interval.next_start(now));
+            if lease.held < cost {
+                // Not enough here: what this node holds may serve another node's request.
+                let held = std::mem::take(&mut lease.held);
+                if held > 0 {
+                    self.store
+                        .give_back_credits(client.row_id, lease.generation, held)
+                        .await?;
+                    lease.left_in_store = Some(take.left + held);
+                }
+                return Ok(Spend::Exceeded {
+                    retry_after_seconds: credits.seconds_to_refill(now),
+                });
+            }
+        }
+        lease.held -= cost;
+        lease.last_spent = Some(now);
+        Ok(Spend::Spent {
+            remaining: lease.held + lease.left_in_store.unwrap_or(0),
+        })
+    }
+
+    /// Credits of `client`'s current balance this node holds unspent (for showing the
+    /// balance); 0 while a request is using the lease.
+    pub fn held_for(&self, client: &Client) -> i64 {
+        let map = self
+            .shard(client.row_id)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(&client.row_id)
+            .and_then(|entry| entry.try_lock().ok().map(|l| (l.generation, l.held)))
+            .filter(|(generation, _)| *generation == client.credits_generation)
+            .map_or(0, |(_, held)| held)
+    }
+
+    /// Gives back what leases idle for `idle` hold (`None`: every lease, waiting for any in
+    /// use: at shutdown), and forgets leases that hold nothing and nobody is using. A give
+    /// back that fails is kept for the next sweep; the first error is returned.
+    pub async fn give_back(&self, now: DateTime<Utc>, idle: Option<Duration>) -> Result<(), Error> {
+        let mut first_error = None;
+        for shard in &self.shards {
+            let entries: Vec<(i64, Entry)> = shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(row, entry)| (*row, entry.clone()))
+                .collect();
+            for (row_id, entry) in entries {
+                let mut lease = match idle {
+                    None => entry.lock().await,
+                    Some(_) => match entry.try_lock() {
+                        Ok(lease) => lease,
+                        Err(_) => continue,
+                    },
+                };
+                let idle_now = match (idle, lease.last_spent) {
+                    (Some(idle), Some(last)) => now - last >= idle,
+                    _ => true,
+                };
+                if lease.held == 0 || !idle_now {
+                    continue;
+                }
+                if lease.valid_until.is_some_and(|end| now >= end) {
+                    lease.held = 0; // of a period that has ended: void, not given back
+                    continue;
+                }
+                let held = lease.held;
+                match self
+                    .store
+                    .give_back_credits(row_id, lease.generation, held)
+                    .await
+                {
+                    Ok(()) => {
+                        lease.held = 0;
+                        lease.left_in_store = lease.left_in_store.map(|left| left + held);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(Error::from(e));
+                    }
+                }
+            }
+            // An entry only this map holds, holding nothing, is forgotten; one a request
+            // has a copy of is kept, so no credits are ever taken into a forgotten lease.
+            shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, entry| {
+                    Arc::strong_count(entry) > 1 || entry.try_lock().map_or(true, |l| l.held > 0)
+                });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_size;
+
+    #[test]
+    fn leases_shrink_to_one_credit_as_the_balance_runs_out() {
+        assert_eq!(lease_size(1_000_000), 1000);
+        assert_eq!(lease_size(50), 6);
+        assert_eq!(lease_size(15), 1);
+        assert_eq!(lease_size(0), 1);
+    }
+}
