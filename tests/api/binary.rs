@@ -384,6 +384,63 @@ fn invalid_cli_input_is_explained_and_changes_nothing() {
     assert_eq!(listed["clients"], json!([]));
 }
 
+#[tokio::test]
+async fn the_clients_commands_set_and_clear_policies() {
+    let db = TestDb::new().await;
+    let created = clients(
+        &db,
+        &[
+            "create",
+            "--name",
+            "metered",
+            "--credits",
+            "40",
+            "--refill-amount",
+            "100",
+            "--refill-interval",
+            "day",
+            "--allowed-networks",
+            "10.0.0.0/8,2001:db8::/32",
+        ],
+    );
+    let client = &created["client"];
+    assert_eq!(
+        client["credits"],
+        json!({"remaining": 40, "refill": {"amount": 100, "interval": "day"}})
+    );
+    assert_eq!(
+        client["allowed_networks"],
+        json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    let id = client["client_id"].as_str().unwrap();
+    let updated = clients(&db, &["update", id, "--credits", "7"]);
+    assert_eq!(updated["credits"], json!({"remaining": 7, "refill": null}));
+    let cleared = clients(&db, &["update", id, "--no-credits", "--no-networks"]);
+    assert_eq!(cleared["credits"], Value::Null);
+    assert_eq!(cleared["allowed_networks"], json!([]));
+    // A refill needs its interval, and a bad network is refused with its field named.
+    for args in [
+        vec!["update", id, "--credits", "5", "--refill-amount", "9"],
+        vec!["update", id, "--allowed-networks", "10.0.0.1/8"],
+    ] {
+        let out = relay()
+            .env("DATABASE_URL", &db.url)
+            .arg("clients")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+    }
+    let human = relay()
+        .env("DATABASE_URL", &db.url)
+        .args(["clients", "update", id, "--credits", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(text.contains("credits       3"), "{text}");
+    assert!(text.contains("networks      anywhere"), "{text}");
+}
+
 #[test]
 fn the_human_list_is_a_table() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! The console in a real browser: Debian's Chromium, headless, driven over WebDriver by
 //! ChromeDriver, through every flow a person clicks (sign-in, create with the key shown once
-//! and its copy button, an edit refused beside its field, the usage chart of traffic sent
+//! and its copy button and credits, an edit refused beside its field, the usage chart of traffic sent
 //! here, regenerate, disable, delete, sign-out, a session ended by disabling its admin).
 //! Without ChromeDriver it says so and checks nothing; under `CI` that is a failure.
 //! `UPDATE_SCREENSHOTS=1` writes the screenshots to `docs/screenshots/`.
@@ -213,6 +213,8 @@ async fn an_operator_does_every_admin_task_in_a_real_browser() {
     b.fill("#name", "browser app").await;
     b.fill("#scopes", "chat").await;
     b.fill("#rate_limit", "3").await;
+    b.fill("#credits", "500").await;
+    b.screenshot("console-new-client.png").await;
     b.click("form[action='/console/clients'] button[type=submit]")
         .await;
     let key = b.text("#new-key").await;
@@ -276,6 +278,10 @@ async fn an_operator_does_every_admin_task_in_a_real_browser() {
         "{legend}"
     );
     assert!(b.text("h1").await.contains("rate-limited 40%"));
+    assert!(
+        b.text("dl.facts").await.contains("497 left"),
+        "three verifications spent three of its 500 credits"
+    );
     b.screenshot("console-client-detail.png").await;
 
     // Regenerate: a new key, shown once; the old one stops.

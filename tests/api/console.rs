@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{ADMIN_TOKEN, TestApp};
 
@@ -458,6 +458,87 @@ async fn bad_fields_are_shown_beside_the_field_with_the_api_message_and_change_n
         (Some("renamed"), Some(7))
     );
     assert_eq!(stored["expires_at"], "2099-01-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn the_client_page_edits_credits_and_networks_and_the_list_shows_credits_left() {
+    let app = TestApp::spawn().await;
+    let (client, _) = app
+        .create_client(json!({"name": "policed", "metadata": {"team": "web"}}))
+        .await;
+    let id = client["client_id"].as_str().unwrap().to_string();
+    let mut v = Visitor::new(&app);
+    v.sign_in(ADMIN_TOKEN).await;
+    let csrf = v.csrf().await;
+    let path = format!("/console/clients/{id}");
+    let form = |credits: &'static str, refill: &'static str, networks: &'static str| {
+        vec![
+            ("name", "policed"),
+            ("scopes", "chat, history"),
+            ("rate_limit", "100"),
+            ("expires_at", ""),
+            ("metadata", "{\"team\":\"web\"}"),
+            ("credits", credits),
+            ("refill_amount", refill),
+            ("refill_interval", "day"),
+            ("allowed_networks", networks),
+        ]
+    };
+    // Bad values are shown beside their fields and change nothing.
+    let mut bad = form("-3", "0", "10.0.0.1/8");
+    bad.push(("csrf", &csrf));
+    let refused = v.post(&path, &bad).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    for field in [
+        "credits-error",
+        "refill_amount-error",
+        "allowed_networks-error",
+    ] {
+        assert!(refused.body.contains(field), "{field}");
+    }
+    let stored = app.admin_get(&format!("/admin/clients/{id}")).await;
+    assert_eq!(stored["credits"], Value::Null);
+
+    let mut good = form("250", "1000", "203.0.113.0/24, 2001:db8::/32");
+    good.push(("csrf", &csrf));
+    let saved = v.post(&path, &good).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER);
+    let stored = app.admin_get(&format!("/admin/clients/{id}")).await;
+    assert_eq!(
+        stored["credits"],
+        json!({"remaining": 250, "refill": {"amount": 1000, "interval": "day"}})
+    );
+    assert_eq!(
+        stored["allowed_networks"],
+        json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
+    let page = v.get(&path).await;
+    assert!(page.body.contains("250 left, set to 1000 every day"));
+    assert!(page.body.contains("203.0.113.0/24, 2001:db8::/32"));
+    let list = v.get("/console/clients").await;
+    assert!(list.body.contains(">250<"), "the list shows credits left");
+
+    // Saving the form as shown sets nothing (the balance is not reset, nothing audited).
+    let audited = app.admin_get(&format!("/admin/audit?client_id={id}")).await["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    let unchanged = v.post(&path, &good).await;
+    assert_eq!(unchanged.status, StatusCode::SEE_OTHER);
+    let after = app.admin_get(&format!("/admin/audit?client_id={id}")).await["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(after, audited);
+
+    // Emptied, the credits are unlimited and the networks anywhere.
+    let mut cleared = form("", "", "");
+    cleared[6].1 = "";
+    cleared.push(("csrf", &csrf));
+    assert_eq!(v.post(&path, &cleared).await.status, StatusCode::SEE_OTHER);
+    let stored = app.admin_get(&format!("/admin/clients/{id}")).await;
+    assert_eq!(stored["credits"], Value::Null);
+    assert_eq!(stored["allowed_networks"], json!([]));
 }
 
 #[tokio::test]
