@@ -15,6 +15,7 @@
 # Usage analytics: warm verify and relayed GETs with counting on and off (same binary, same
 # database, alternating ANALYTICS_PASSES times, median ratio), and on PostgreSQL a 30-day hourly
 # usage query for one client among USAGE_CLIENTS active ones (seeded by examples/seed_usage.rs).
+# Client policies: the same two with a client that has credits against one without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
@@ -57,9 +58,9 @@ serve() {  # port database-url [VAR=value...]: starts relay serve, waits until i
   done
   echo "relay on $port did not start" >&2; cat "$work/relay-$port.log" >&2; exit 1
 }
-new_key() {  # port name
+new_key() {  # port name [more JSON members]
   curl -sf "localhost:$1/admin/clients" -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" \
-    -H 'Content-Type: application/json' -d "{\"name\":\"$2\",\"rate_limit\":1000000}" \
+    -H 'Content-Type: application/json' -d "{\"name\":\"$2\",\"rate_limit\":1000000${3:+,$3}}" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])'
 }
 script() {  # name method body [header...]
@@ -88,12 +89,17 @@ serve 9103 "$sqlite" RELAY_CACHE_TTL=0
 serve 9106 "$sqlite" RELAY_UPSTREAM=http://127.0.0.1:9101 RELAY_USAGE_ANALYTICS=false
 counting_off_pid=${pids[-1]}
 warm=$(new_key 9100 warm); cold=$(new_key 9100 cold); tok=$(new_key 9100 token); relay_key=$(new_key 9100 relay)
+# Clients with credits (a trillion, so they never run out): leases of 1000 at a time.
+credits='"credits":{"remaining":1000000000000}'
+warm_credits=$(new_key 9100 warm-credits "$credits"); relay_credits=$(new_key 9100 relay-credits "$credits")
 bad="${warm:0:50}$([ "${warm:50:1}" = A ] && echo B || echo A)"
 token=$(curl -sf localhost:9100/v1/token -H "X-API-Key: $(new_key 9100 relay-token)" -d grant_type=client_credentials \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 verify_script verify_warm "$warm"; verify_script verify_cold "$cold"; verify_script verify_bad "$bad"
 script token POST "grant_type=client_credentials" "Content-Type: application/x-www-form-urlencoded" "X-API-Key: $tok"
 script relay_key GET "" "X-API-Key: $relay_key"
+verify_script verify_credits "$warm_credits"
+script relay_credits GET "" "X-API-Key: $relay_credits"
 script relay_token GET "" "Authorization: Bearer $token"
 script plain GET ""
 
@@ -151,19 +157,31 @@ measure() {  # url script pid -> "rps cpu_us_per_request"
     END {printf "%s %.3f\n", rps, t / hz * 1e6 / n}' <<<"$out"
 }
 median() { sort -n | python3 -c 'import sys; v=[float(l) for l in sys.stdin]; n=len(v); print(f"{(v[n//2] if n % 2 else (v[n//2-1]+v[n//2])/2):.3f}")'; }
+side_by_side() {  # label url-a script-a pid-a url-b script-b pid-b -> a row of medians, A over B
+  local label=$1 ratios=() cpu_ratios=() cpu_a=() cpu_b=() a a_cpu b b_cpu
+  for pass in $(seq 1 "$ANALYTICS_PASSES"); do
+    read -r a a_cpu <<<"$(measure "$2" "$3" "$4")"
+    read -r b b_cpu <<<"$(measure "$5" "$6" "$7")"
+    ratios+=("$(python3 -c "print(f'{$a/$b:.4f}')")")
+    cpu_ratios+=("$(python3 -c "print(f'{$a_cpu/$b_cpu:.4f}')")")
+    cpu_a+=("$a_cpu"); cpu_b+=("$b_cpu")
+    echo "$label, pass $pass: $a req/s $a_cpu us CPU against $b req/s $b_cpu us CPU" >&2
+  done
+  echo "$label|$(printf '%s\n' "${ratios[@]}" | median)|$(printf '%s\n' "${cpu_ratios[@]}" | median)|$(printf '%s\n' "${cpu_a[@]}" | median)|$(printf '%s\n' "${cpu_b[@]}" | median)|${ratios[*]}"
+}
 analytics_rows=()
 for pair in "POST /v1/keys/verify, warm key|/v1/keys/verify|verify_warm" "relay GET, API key|/v1/chat/x|relay_key"; do
   IFS='|' read -r label path name <<<"$pair"
-  ratios=(); cpu_ratios=(); cpu_on=(); cpu_off=()
-  for pass in $(seq 1 "$ANALYTICS_PASSES"); do
-    read -r on on_cpu <<<"$(measure "http://127.0.0.1:9100$path" "$name" "$counting_on_pid")"
-    read -r off off_cpu <<<"$(measure "http://127.0.0.1:9106$path" "$name" "$counting_off_pid")"
-    ratios+=("$(python3 -c "print(f'{$on/$off:.4f}')")")
-    cpu_ratios+=("$(python3 -c "print(f'{$on_cpu/$off_cpu:.4f}')")")
-    cpu_on+=("$on_cpu"); cpu_off+=("$off_cpu")
-    echo "counting, $label, pass $pass: on $on req/s $on_cpu us CPU, off $off req/s $off_cpu us CPU" >&2
-  done
-  analytics_rows+=("$label|$(printf '%s\n' "${ratios[@]}" | median)|$(printf '%s\n' "${cpu_ratios[@]}" | median)|$(printf '%s\n' "${cpu_on[@]}" | median)|$(printf '%s\n' "${cpu_off[@]}" | median)|${ratios[*]}")
+  analytics_rows+=("$(side_by_side "counting, $label" "http://127.0.0.1:9100$path" "$name" "$counting_on_pid" \
+    "http://127.0.0.1:9106$path" "$name" "$counting_off_pid")")
+done
+# 1c. What credits cost: a client with credits against one without, on the same server.
+credits_rows=()
+for pair in "POST /v1/keys/verify, warm key|/v1/keys/verify|verify_credits|verify_warm" \
+    "relay GET, API key|/v1/chat/x|relay_credits|relay_key"; do
+  IFS='|' read -r label path with without <<<"$pair"
+  credits_rows+=("$(side_by_side "credits, $label" "http://127.0.0.1:9100$path" "$with" "$counting_on_pid" \
+    "http://127.0.0.1:9100$path" "$without" "$counting_on_pid")")
 done
 usage_query=""
 if [ -n "${pg_db:-}" ]; then
@@ -290,7 +308,19 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
   echo "|---|---:|---:|---:|---|"
   for r in "${analytics_rows[@]}"; do
     IFS='|' read -r label median cpu cpu_on cpu_off all <<<"$r"
-    echo "| $label | $median | $cpu | $cpu_on, $cpu_off | $all |"
+    echo "| ${label#counting, } | $median | $cpu | $cpu_on, $cpu_off | $all |"
+  done
+  echo
+  echo "## Client policies"
+  echo
+  echo "What usage credits cost: a client with credits against one without, on the same server,"
+  echo "5 s each, in turn $ANALYTICS_PASSES times (the credits are leased 1000 at a time)."
+  echo
+  echo "| what | throughput with/without credits (median) | server CPU per request with/without (median) | CPU µs/request with, without | throughput ratio of every pass |"
+  echo "|---|---:|---:|---:|---|"
+  for r in "${credits_rows[@]}"; do
+    IFS='|' read -r label median cpu cpu_on cpu_off all <<<"$r"
+    echo "| ${label#credits, } | $median | $cpu | $cpu_on, $cpu_off | $all |"
   done
   if [ -n "$usage_query" ]; then
     IFS='|' read -r qrps qp50 qp99 <<<"$usage_query"
