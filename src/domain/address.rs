@@ -43,7 +43,22 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
             network.trunc()
         ));
     }
-    Ok(network)
+    Ok(canonical_network(network))
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it maps
+/// (`10.0.0.0/8`), since addresses are compared in canonical form.
+fn canonical_network(network: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = network {
+        if let (Some(v4), Some(prefix)) =
+            (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96))
+        {
+            if let Ok(v4) = ipnet::Ipv4Net::new(v4, prefix) {
+                return IpNet::V4(v4);
+            }
+        }
+    }
+    network
 }
 
 /// Whether `ip` lies in one of `networks`, compared in canonical form.
@@ -117,6 +132,15 @@ mod tests {
         );
         assert_eq!(failure_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
         assert_eq!(failure_key(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_the_ipv4_networks_they_map() {
+        let mapped = parse_network("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!(in_networks(&[mapped], ip("10.9.8.7")));
+        assert!(in_networks(&[mapped], ip("::ffff:10.9.8.7")));
+        assert_eq!(parse_network("::/0").unwrap().to_string(), "::/0");
     }
 
     #[test]

@@ -145,6 +145,14 @@ impl Client {
                 .is_some_and(|p| p.expires_at > now && is(&p.key))
     }
 
+    /// Whether a refill of the credits is due at `now` that no node has made yet (nodes make
+    /// it when they next lease; until then the stored balance is the last period's).
+    pub fn refill_due(&self, now: DateTime<Utc>) -> bool {
+        self.credits
+            .and_then(|c| c.period(now))
+            .is_some_and(|period| self.credits_period.is_none_or(|p| p < period))
+    }
+
     /// Whether the client may call from `ip` (`None`: an address not known).
     pub fn allows_address(&self, ip: Option<IpAddr>) -> bool {
         policy::address_allowed(&self.allowed_networks, ip)

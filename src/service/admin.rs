@@ -69,11 +69,16 @@ impl ClientAdmin {
         }
     }
 
-    /// `client` with its balance as this process sees it: the database's and its own lease.
+    /// `client` with its balance as this process sees it: the database's and its own lease,
+    /// or the refill amount when a new period has begun and no node has leased in it yet.
     fn shown(&self, mut client: Client) -> Client {
+        let refilled = client.refill_due(crate::domain::now());
         let held = self.credits.as_ref().map_or(0, |l| l.held_for(&client));
         if let Some(credits) = client.credits.as_mut() {
-            credits.remaining += held;
+            match credits.refill {
+                Some(refill) if refilled => credits.remaining = refill.amount,
+                _ => credits.remaining += held,
+            }
         }
         client
     }

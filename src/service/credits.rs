@@ -19,10 +19,13 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::Error;
 use crate::domain::client::Client;
+use crate::domain::policy::Credits;
 use crate::storage::Store;
 
 /// The most credits one lease takes: a crash strands at most this many per client.
 const MAX_LEASE: i64 = 1000;
+/// How many times a take retries when other nodes' takes keep emptying the balance it saw.
+const TAKE_ATTEMPTS: usize = 3;
 /// A lease idle this long goes back to the balance, so that within 10 s of the last request
 /// the balance shows every credit not used (the background sweep runs every second).
 pub const IDLE_GIVE_BACK: Duration = Duration::seconds(5);
@@ -93,8 +96,7 @@ impl CreditLeases {
         let Some(credits) = client.credits else {
             return Ok(Spend::Unlimited);
         };
-        let entry = self.entry(client.row_id);
-        let mut lease = entry.lock().await;
+        let mut lease: LeaseGuard = self.entry(client.row_id).lock_owned().await;
         // An admin set the balance since, or the refill period ended: what is held is void.
         if lease.generation < client.credits_generation {
             *lease = Lease {
@@ -106,42 +108,22 @@ impl CreditLeases {
             lease.held = 0;
         }
         if lease.held < cost {
-            let seen = lease.left_in_store.unwrap_or(credits.remaining);
-            let want = (cost - lease.held).max(lease_size(seen));
-            let taken = self
-                .store
-                .take_credits(client.row_id, want, credits.period(now))
-                .await?;
-            let Some(take) = taken else {
-                // The balance is gone: the client's credits were removed, or the client.
-                return Ok(Spend::Unlimited);
-            };
-            if take.generation != lease.generation {
-                lease.held = 0;
-                lease.generation = take.generation;
+            // Credits taken from the database must reach the lease even if the request is
+            // dropped meanwhile: the lease (locked) and the store go to a task of their own.
+            let store = self.store.clone();
+            let row_id = client.row_id;
+            let refill = tokio::spawn(async move {
+                let settled =
+                    refill_lease(store.as_ref(), &mut lease, row_id, credits, cost, now).await?;
+                Ok::<_, Error>((settled, lease))
+            });
+            let (settled, refilled) = refill.await.map_err(Error::internal)??;
+            if let Some(spend) = settled {
+                return Ok(spend);
             }
-            lease.held += take.taken;
-            lease.left_in_store = Some(take.left);
-            lease.valid_until = credits.refill.map(|r| r.interval.next_start(now));
-            if lease.held < cost {
-                // Not enough here: what this node holds may serve another node's request.
-                let held = std::mem::take(&mut lease.held);
-                if held > 0 {
-                    self.store
-                        .give_back_credits(client.row_id, lease.generation, held)
-                        .await?;
-                    lease.left_in_store = Some(take.left + held);
-                }
-                return Ok(Spend::Exceeded {
-                    retry_after_seconds: credits.seconds_to_refill(now),
-                });
-            }
+            lease = refilled;
         }
-        lease.held -= cost;
-        lease.last_spent = Some(now);
-        Ok(Spend::Spent {
-            remaining: lease.held + lease.left_in_store.unwrap_or(0),
-        })
+        Ok(take_from(lease, cost, credits, now))
     }
 
     /// Credits of `client`'s current balance this node holds unspent (for showing the
@@ -214,6 +196,84 @@ impl CreditLeases {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+type LeaseGuard = tokio::sync::OwnedMutexGuard<Lease>;
+
+/// Spends `cost` from a lease known to hold it.
+fn take_from(mut lease: LeaseGuard, cost: i64, credits: Credits, now: DateTime<Utc>) -> Spend {
+    lease.held -= cost;
+    lease.last_spent = Some(now);
+    Spend::Spent {
+        remaining: lease.held + lease.left_in_store.unwrap_or(credits.remaining),
+    }
+}
+
+/// Takes credits from the balance into `lease` until it holds `cost`, refilling the balance
+/// first when a new period has begun. `Some` when that settles the request: the client has no
+/// credits any more (unlimited), or too few are left (then what the lease held goes back, for
+/// another node's request). `None`: the lease now holds `cost`.
+async fn refill_lease(
+    store: &dyn Store,
+    lease: &mut Lease,
+    row_id: i64,
+    credits: Credits,
+    cost: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<Spend>, Error> {
+    if let Some(period) = credits.period(now) {
+        store.refill_credits(row_id, period).await?;
+    }
+    let seen = lease.left_in_store.unwrap_or(credits.remaining);
+    let mut want = (cost - lease.held).max(lease_size(seen));
+    let mut balance = None;
+    for _ in 0..TAKE_ATTEMPTS {
+        if let Some(after) = store.take_exact_credits(row_id, want).await? {
+            if after.generation != lease.generation {
+                lease.held = 0;
+                lease.generation = after.generation;
+            }
+            lease.held += want;
+            balance = Some(after);
+            break;
+        }
+        // Too few for `want`: an eighth of what is left, or what the request needs.
+        let Some(now_left) = store.credit_balance(row_id).await? else {
+            return Ok(Some(Spend::Unlimited)); // the credits were removed, or the client
+        };
+        balance = Some(now_left);
+        if now_left.generation != lease.generation {
+            lease.held = 0;
+            lease.generation = now_left.generation;
+        }
+        let need = cost - lease.held;
+        want = need.max(lease_size(now_left.left)).min(now_left.left);
+        if want < need || want == 0 {
+            break;
+        }
+    }
+    if let Some(after) = balance {
+        lease.left_in_store = Some(after.left);
+        // The period the balance belongs to, by the database: the node that refilled it may
+        // have a clock a little ahead of this one.
+        let period = after
+            .period
+            .unwrap_or_else(|| credits.period(now).unwrap_or(now));
+        lease.valid_until = credits.refill.map(|r| r.interval.next_start(period));
+    }
+    if lease.held >= cost {
+        return Ok(None);
+    }
+    if lease.held > 0 {
+        store
+            .give_back_credits(row_id, lease.generation, lease.held)
+            .await?;
+        let held = std::mem::take(&mut lease.held);
+        lease.left_in_store = lease.left_in_store.map(|left| left + held);
+    }
+    Ok(Some(Spend::Exceeded {
+        retry_after_seconds: credits.seconds_to_refill(now),
+    }))
 }
 
 #[cfg(test)]

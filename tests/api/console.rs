@@ -108,6 +108,13 @@ impl<'a> Visitor<'a> {
     }
 }
 
+/// The value of the hidden input `name` in a page.
+fn hidden_value(body: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = body.find(&marker).unwrap() + marker.len();
+    body[start..].split('"').next().unwrap().to_string()
+}
+
 fn client_id_in(body: &str) -> String {
     let at = body.find("client_").unwrap();
     body[at..at + 23].to_string()
@@ -518,18 +525,35 @@ async fn the_client_page_edits_credits_and_networks_and_the_list_shows_credits_l
     let list = v.get("/console/clients").await;
     assert!(list.body.contains(">250<"), "the list shows credits left");
 
-    // Saving the form as shown sets nothing (the balance is not reset, nothing audited).
+    // Saving the form as shown sets nothing, however the balance moved since the page was
+    // shown (the balance is not reset, nothing is audited).
+    let shown = hidden_value(&page.body, "credits_shown");
+    assert_eq!(shown, "250|1000|day");
+    app.admin(Method::PATCH, &format!("/admin/clients/{id}"))
+        .json(
+            &json!({"credits": {"remaining": 240, "refill": {"amount": 1000, "interval": "day"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
     let audited = app.admin_get(&format!("/admin/audit?client_id={id}")).await["events"]
         .as_array()
         .unwrap()
         .len();
-    let unchanged = v.post(&path, &good).await;
+    let mut as_shown = good.clone();
+    as_shown.push(("credits_shown", &shown));
+    let unchanged = v.post(&path, &as_shown).await;
     assert_eq!(unchanged.status, StatusCode::SEE_OTHER);
     let after = app.admin_get(&format!("/admin/audit?client_id={id}")).await["events"]
         .as_array()
         .unwrap()
         .len();
     assert_eq!(after, audited);
+    let stored = app.admin_get(&format!("/admin/clients/{id}")).await;
+    assert_eq!(
+        stored["credits"]["remaining"], 240,
+        "the balance was not set back"
+    );
 
     // Emptied, the credits are unlimited and the networks anywhere.
     let mut cleared = form("", "", "");

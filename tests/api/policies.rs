@@ -321,6 +321,12 @@ async fn verify_spends_its_cost_and_reports_codes_in_order() {
     let (_, key) = app
         .create_client(json!({"name": "costly", "credits": {"remaining": 12}}))
         .await;
+    let look = verify_json(&app, json!({"key": key, "cost": 0})).await;
+    assert_eq!(
+        look["credits"],
+        json!({"remaining": 12}),
+        "cost 0 spends nothing"
+    );
     let first = verify_json(&app, json!({"key": key, "cost": 5})).await;
     assert_eq!(first["valid"], true);
     assert_eq!(first["credits"], json!({"remaining": 7}));
@@ -447,6 +453,71 @@ async fn refill_happens_once_per_period_across_three_nodes() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_given_up_midway_lose_no_credits() {
+    let app = TestApp::spawn().await;
+    let (client, _) = app
+        .create_client(json!({"name": "impatient", "credits": {"remaining": 3_000_000}}))
+        .await;
+    let client = app
+        .store
+        .client(&ClientId::new(&id(&client)))
+        .await
+        .unwrap()
+        .unwrap();
+    let leases = CreditLeases::new(app.db.open().await);
+    // Callers that give up after 0 to 3 ms, at every point of a lease's take from the
+    // database; each spend costs enough to need a take of its own.
+    let mut spent = 0;
+    for i in 0..1000u64 {
+        let patience = Duration::from_micros((i * 7) % 3000);
+        let spend = leases.spend(&client, 2000, Utc::now());
+        if let Ok(result) = tokio::time::timeout(patience, spend).await {
+            assert!(matches!(result.unwrap(), Spend::Spent { .. }));
+            spent += 2000;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // takes still under way finish
+    leases.give_back(Utc::now(), None).await.unwrap();
+    let stored = app.store.client(&client.client_id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.credits.unwrap().remaining,
+        3_000_000 - spent,
+        "every credit taken and not spent went back"
+    );
+}
+
+#[tokio::test]
+async fn a_refill_due_shows_before_any_node_has_made_it() {
+    let app = TestApp::spawn().await;
+    let (client, _) = app
+        .create_client(json!({
+            "name": "overnight",
+            "credits": {"remaining": 4, "refill": {"amount": 90, "interval": "day"}},
+        }))
+        .await;
+    // As if the balance was last set (and spent to 0) on an earlier day.
+    let yesterday = if app.db.url.starts_with("postgres") {
+        "now() - interval '1 day'".to_string()
+    } else {
+        format!(
+            "{}",
+            (Utc::now() - chrono::Duration::days(1)).timestamp_micros()
+        )
+    };
+    app.db
+        .execute(&format!(
+            "UPDATE api_clients SET credits_remaining = 0, credits_period = {yesterday} \
+             WHERE client_id = '{}'",
+            id(&client)
+        ))
+        .await;
+    let shown = app
+        .admin_get(&format!("/admin/clients/{}", id(&client)))
+        .await;
+    assert_eq!(shown["credits"]["remaining"], 90);
+}
+
 /// The service on a dual-stack listener reached over IPv4 (the caller is `::ffff:127.0.0.1`),
 /// behind this test as a trusted proxy when `trusted`.
 async fn networked_app(trusted: bool) -> (TestApp, upstream::Upstream) {
@@ -563,41 +634,38 @@ async fn behind_a_trusted_proxy_the_forwarded_caller_is_checked() {
     let (_, v6_key) = app
         .create_client(json!({"name": "v6", "allowed_networks": ["2001:db8::/32"]}))
         .await;
-    assert!(
-        chat_from(&app, &v4_key, Some("203.0.113.9"))
-            .await
-            .is_success()
-    );
-    assert!(
-        chat_from(&app, &v4_key, Some("198.51.100.1, 203.0.113.9"))
-            .await
-            .is_success(),
-        "the nearest untrusted hop is the caller"
-    );
-    assert_eq!(
-        chat_from(&app, &v4_key, Some("203.0.113.9, 198.51.100.1")).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        chat_from(&app, &v4_key, None).await,
-        StatusCode::FORBIDDEN,
-        "the proxy itself is not inside"
-    );
-    assert!(
-        chat_from(&app, &v6_key, Some("2001:db8:5::1"))
-            .await
-            .is_success()
-    );
-    assert!(
-        chat_from(&app, &v4_key, Some("::ffff:203.0.113.9"))
-            .await
-            .is_success(),
-        "an IPv4-mapped address is its IPv4 address"
-    );
-    assert_eq!(
-        chat_from(&app, &v6_key, Some("2001:db9::1")).await,
-        StatusCode::FORBIDDEN
-    );
+    let (served, forbidden) = (true, false);
+    for (key, forwarded_for, expected, why) in [
+        (&v4_key, Some("203.0.113.9"), served, "inside"),
+        (
+            &v4_key,
+            Some("198.51.100.1, 203.0.113.9"),
+            served,
+            "the nearest untrusted hop calls",
+        ),
+        (
+            &v4_key,
+            Some("203.0.113.9, 198.51.100.1"),
+            forbidden,
+            "a hop it forged is not",
+        ),
+        (&v4_key, None, forbidden, "the proxy itself is not inside"),
+        (
+            &v4_key,
+            Some("::ffff:203.0.113.9"),
+            served,
+            "IPv4-mapped is its IPv4 address",
+        ),
+        (&v6_key, Some("2001:db8:5::1"), served, "inside, IPv6"),
+        (&v6_key, Some("2001:db9::1"), forbidden, "outside, IPv6"),
+    ] {
+        let status = chat_from(&app, key, forwarded_for).await;
+        let refused = status == StatusCode::FORBIDDEN;
+        assert!(
+            status.is_success() == expected && refused != expected,
+            "{why}: {status}"
+        );
+    }
     // Verify checks the address given in its body, in every spelling.
     for (ip, code) in [
         ("203.0.113.5", None),

@@ -295,9 +295,9 @@ pub async fn update_client(
     let shown = ClientFields::of(&current);
     let edited = form.fields();
     let changed = |a: &str, b: &str| a.trim() != b.trim();
-    let credits_edited = changed(&edited.credits, &shown.credits)
-        || changed(&edited.refill_amount, &shown.refill_amount)
-        || changed(&edited.refill_interval, &shown.refill_interval);
+    // The balance moves with every request: the credits count as edited when they differ
+    // from what the form first showed, not from the balance now.
+    let credits_edited = edited.credits_text() != form.credits_shown;
     let changes = ClientChanges {
         name: changed(&edited.name, &shown.name).then(|| form.name.clone()),
         scopes: (parsed.scopes != current.scopes).then_some(parsed.scopes),

@@ -30,6 +30,8 @@ pub struct ClientForm {
     pub refill_interval: String,
     #[serde(default)]
     pub allowed_networks: String,
+    #[serde(default)]
+    pub credits_shown: String,
 }
 
 impl ClientForm {
@@ -44,6 +46,7 @@ impl ClientForm {
             refill_amount: self.refill_amount.clone(),
             refill_interval: self.refill_interval.clone(),
             allowed_networks: self.allowed_networks.clone(),
+            credits_shown: self.credits_shown.clone(),
         }
     }
 }

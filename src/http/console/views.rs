@@ -297,6 +297,9 @@ pub struct ClientFields {
     pub refill_interval: String,
     /// Comma-separated; empty: anywhere.
     pub allowed_networks: String,
+    /// The three credit fields as the form first showed them: a save that leaves them as
+    /// they were sets no balance, however the balance moved meanwhile.
+    pub credits_shown: String,
 }
 
 impl ClientFields {
@@ -320,6 +323,22 @@ impl ClientFields {
                 .map(|r| r.interval.as_str().to_string())
                 .unwrap_or_default(),
             allowed_networks: client.network_texts().join(", "),
+            credits_shown: String::new(),
+        }
+        .with_credits_shown()
+    }
+
+    /// The credit fields as one text, for `credits_shown`.
+    pub fn credits_text(&self) -> String {
+        [&self.credits, &self.refill_amount, &self.refill_interval]
+            .map(|t| t.trim())
+            .join("|")
+    }
+
+    fn with_credits_shown(self) -> Self {
+        ClientFields {
+            credits_shown: self.credits_text(),
+            ..self
         }
     }
 }
@@ -395,6 +414,7 @@ pub fn client_form(
             (field("metadata", "Metadata", "A JSON object, at most 4096 bytes.", errors, |bad, hint| html! {
                 textarea id="metadata" name="metadata" aria-invalid=[invalid(bad)] aria-describedby=(hint) { (fields.metadata) }
             }))
+            input type="hidden" name="credits_shown" value=(fields.credits_shown);
             fieldset {
                 legend { "Usage credits" }
                 (field("credits", "Credits left", "Each request uses one. Empty: unlimited.", errors, |bad, hint| html! {
