@@ -8,12 +8,13 @@
 //! - `http` is the axum edge: routes, extractors, the one place status codes are chosen, and
 //!   the relay that forwards to the upstream;
 //! - `service` holds what `http` and `cli` share: the credential gate (`service::auth`),
-//!   client administration, token exchange, signing keys, adopted legacy keys, use batching;
+//!   client administration, token exchange, signing keys, adopted legacy keys, use batching,
+//!   usage counting, credits spent from leases of each client's balance, console sessions;
 //! - `cache` keeps clients in memory and follows the change log; `limiter` keeps rate-limit
 //!   state; `metrics` counts for `/metrics`;
 //! - `storage` is SQL only, SQLite and PostgreSQL behind one `Store` trait;
-//! - `domain` holds the rules (keys, clients, scopes, tokens, addresses, rate-limit
-//!   arithmetic) and does no I/O.
+//! - `domain` holds the rules (keys, clients, scopes, tokens, addresses, client policies,
+//!   rate-limit arithmetic) and does no I/O.
 
 pub mod app;
 pub(crate) mod cache;

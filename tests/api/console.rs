@@ -8,7 +8,7 @@ use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, TestApp};
+use crate::support::{ADMIN_TOKEN, TestApp, test_config};
 
 /// A browser without JavaScript: no redirects followed, one cookie kept by hand.
 pub struct Visitor<'a> {
@@ -108,13 +108,6 @@ impl<'a> Visitor<'a> {
     }
 }
 
-/// The value of the hidden input `name` in a page.
-fn hidden_value(body: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = body.find(&marker).unwrap() + marker.len();
-    body[start..].split('"').next().unwrap().to_string()
-}
-
 fn client_id_in(body: &str) -> String {
     let at = body.find("client_").unwrap();
     body[at..at + 23].to_string()
@@ -144,6 +137,20 @@ async fn pages_without_a_session_send_the_visitor_to_sign_in() {
     assert!(form.body.contains("<label for=\"credential\">"));
     v.cookie = Some("relay_console=forged".into());
     assert_eq!(v.get("/console").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn behind_an_https_public_url_every_console_cookie_is_secure() {
+    let mut config = test_config();
+    config.tokens.issuer = "https://relay.example".into();
+    let app = TestApp::spawn_with(config).await;
+    let mut v = Visitor::new(&app);
+    let form = v.get("/console/login").await;
+    let login_cookie = form.headers[SET_COOKIE].to_str().unwrap().to_string();
+    assert!(login_cookie.ends_with("; Secure"), "{login_cookie}");
+    let page = v.sign_in(ADMIN_TOKEN).await;
+    let session_cookie = page.headers[SET_COOKIE].to_str().unwrap();
+    assert!(session_cookie.ends_with("; Secure"), "{session_cookie}");
 }
 
 #[tokio::test]
@@ -527,7 +534,7 @@ async fn the_client_page_edits_credits_and_networks_and_the_list_shows_credits_l
 
     // Saving the form as shown sets nothing, however the balance moved since the page was
     // shown (the balance is not reset, nothing is audited).
-    let shown = hidden_value(&page.body, "credits_shown");
+    let shown = page.hidden("credits_shown");
     assert_eq!(shown, "250|1000|day");
     app.admin(Method::PATCH, &format!("/admin/clients/{id}"))
         .json(

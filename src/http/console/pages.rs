@@ -90,7 +90,7 @@ pub async fn not_found(Admin(session): Admin) -> Response {
 /// The sign-in form with a fresh token, also set as a `SameSite=Strict` cookie: a form posted
 /// from another site carries neither (double submit), so it cannot spend this address's
 /// failed-sign-in budget.
-pub async fn login_form(admin: Option<Admin>) -> Response {
+pub async fn login_form(State(state): State<AppState>, admin: Option<Admin>) -> Response {
     if admin.is_some() {
         return Redirect::to("/console").into_response();
     }
@@ -99,12 +99,22 @@ pub async fn login_form(admin: Option<Admin>) -> Response {
     };
     let mut response = html(StatusCode::OK, views::login(None, &token));
     let cookie = format!(
-        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console/login; Max-Age=3600"
+        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console/login; Max-Age=3600{}",
+        secure_attribute(&state)
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+/// `; Secure` when the service's public URL is https, so cookies never travel in the clear.
+fn secure_attribute(state: &AppState) -> &'static str {
+    if state.console_cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 #[derive(Deserialize)]
@@ -145,15 +155,11 @@ pub async fn login(
         .await
     {
         Ok(session) => {
-            let secure = if state.console_cookie_secure {
-                "; Secure"
-            } else {
-                ""
-            };
             let cookie = format!(
-                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={}{secure}",
+                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/console; Max-Age={}{}",
                 session.token,
-                SESSION_LIFETIME.num_seconds()
+                SESSION_LIFETIME.num_seconds(),
+                secure_attribute(&state)
             );
             let mut response = Redirect::to("/console").into_response();
             if let Ok(value) = HeaderValue::from_str(&cookie) {
