@@ -663,6 +663,50 @@ async fn every_page_renders_and_every_action_does_what_it_says() {
 }
 
 #[tokio::test]
+async fn regeneration_keeps_the_old_key_for_its_grace_and_refuses_bad_graces_beside_the_field() {
+    let app = TestApp::spawn().await;
+    let (client, old_key) = app.create_named("rotating").await;
+    let id = client["client_id"].as_str().unwrap().to_string();
+    let mut v = Visitor::new(&app);
+    v.sign_in(ADMIN_TOKEN).await;
+    let csrf = v.csrf().await;
+    let path = format!("/console/clients/{id}/regenerate");
+    for bad in ["soon", "604801", "-5"] {
+        let refused = v
+            .post(&path, &[("csrf", &csrf), ("grace_period_seconds", bad)])
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            refused.body.contains("id=\"grace_period_seconds-error\""),
+            "{bad}"
+        );
+        assert!(refused.body.contains(&format!("value=\"{bad}\"")), "{bad}");
+        assert_eq!(app.verify(&old_key).await["valid"], true, "nothing changed");
+    }
+    let regenerated = v
+        .post(&path, &[("csrf", &csrf), ("grace_period_seconds", "3600")])
+        .await;
+    assert_eq!(regenerated.status, StatusCode::OK);
+    assert!(regenerated.body.contains("The old key keeps working until"));
+    let at = regenerated.body.find("id=\"new-key\">").unwrap() + 13;
+    let new_key = regenerated.body[at..at + 51].to_string();
+    assert_eq!(app.verify(&new_key).await["valid"], true);
+    assert_eq!(
+        app.verify(&old_key).await["valid"],
+        true,
+        "within its grace"
+    );
+    for page in [
+        format!("/console/clients/{id}"),
+        "/console/clients".into(),
+        "/console".into(),
+    ] {
+        let body = v.get(&page).await.body;
+        assert!(!body.contains(&new_key[13..]), "the new key is on {page}");
+    }
+}
+
+#[tokio::test]
 async fn a_session_ends_when_its_admin_client_is_disabled_or_regenerated() {
     let app = TestApp::spawn().await;
     for end in ["disable", "regenerate", "scope"] {

@@ -205,12 +205,21 @@ fn usage_range(range: &str, now: DateTime<Utc>) -> BucketRange {
     BucketRange::covering(Some(now - span), None, None, now).unwrap_or_else(|_| last_day(now))
 }
 
+/// What a refused form sent, shown again with the messages beside its fields: the edit form's
+/// fields, or the grace period of a regeneration.
+#[derive(Default)]
+struct Refused {
+    fields: Option<ClientFields>,
+    grace: Option<String>,
+    errors: Vec<FieldError>,
+}
+
 async fn detail_page(
     state: &AppState,
     session: &Session,
     id: &ClientId,
     range: &str,
-    form: Option<(ClientFields, Vec<FieldError>)>,
+    refused: Refused,
     message: Option<&str>,
 ) -> Result<Markup, Error> {
     let now = domain::now();
@@ -233,7 +242,7 @@ async fn detail_page(
             ..AuditRequest::default()
         })
         .await?;
-    let (fields, errors) = form.unwrap_or_else(|| (ClientFields::of(&client), Vec::new()));
+    let fields = refused.fields.unwrap_or_else(|| ClientFields::of(&client));
     let title = format!("Uses of {}, last {range}", client.name);
     let page = Detail {
         client: &client,
@@ -241,7 +250,8 @@ async fn detail_page(
         chart: charts::stacked_bars(&series, &title),
         range,
         fields,
-        errors: &errors,
+        grace: refused.grace.as_deref().unwrap_or("0"),
+        errors: &refused.errors,
         events: &events.items,
         message,
     };
@@ -265,7 +275,7 @@ pub async fn client_detail(
         "enabled" => Some("The client is enabled."),
         _ => None,
     });
-    match detail_page(&state, &session, &id, range, None, message).await {
+    match detail_page(&state, &session, &id, range, Refused::default(), message).await {
         Ok(page) => html(StatusCode::OK, page),
         Err(e) => failure(e, Some(&session)),
     }
@@ -333,11 +343,12 @@ pub async fn update_client(
         }
         Err(e) => match merge_errors(parsed.errors, e) {
             Ok(errors) => {
-                let form = Some((form.fields(), errors));
-                match detail_page(&state, &session, &id, "24h", form, None).await {
-                    Ok(page) => html(StatusCode::BAD_REQUEST, page),
-                    Err(e) => failure(e, Some(&session)),
-                }
+                let refused = Refused {
+                    fields: Some(form.fields()),
+                    errors,
+                    ..Refused::default()
+                };
+                refused_page(&state, &session, &id, refused).await
             }
             Err(e) => failure(e, Some(&session)),
         },
@@ -420,14 +431,18 @@ pub async fn regenerate(
             )
         }),
     };
-    let result = match (client_id(&id), grace) {
-        (Ok(id), Ok(grace)) => {
+    let id = match client_id(&id) {
+        Ok(id) => id,
+        Err(e) => return failure(e, Some(&session)),
+    };
+    let result = match grace {
+        Ok(grace) => {
             state
                 .admin
                 .regenerate(&session.actor, &id, grace, domain::now())
                 .await
         }
-        (Err(e), _) | (_, Err(e)) => Err(e),
+        Err(e) => Err(e),
     };
     match result {
         Ok((client, key)) => {
@@ -447,7 +462,28 @@ pub async fn regenerate(
             );
             html(StatusCode::OK, page)
         }
+        Err(Error::Invalid(errors)) => {
+            let refused = Refused {
+                grace: Some(form.grace_period_seconds.clone()),
+                errors,
+                ..Refused::default()
+            };
+            refused_page(&state, &session, &id, refused).await
+        }
         Err(e) => failure(e, Some(&session)),
+    }
+}
+
+/// The client's page again, 400, with what was refused beside its fields.
+async fn refused_page(
+    state: &AppState,
+    session: &Session,
+    id: &ClientId,
+    refused: Refused,
+) -> Response {
+    match detail_page(state, session, id, "24h", refused, None).await {
+        Ok(page) => html(StatusCode::BAD_REQUEST, page),
+        Err(e) => failure(e, Some(session)),
     }
 }
 

@@ -471,6 +471,8 @@ pub struct Detail<'a> {
     pub chart: Markup,
     pub range: &'a str,
     pub fields: ClientFields,
+    /// The regeneration's grace period as the form shows it.
+    pub grace: &'a str,
     pub errors: &'a [FieldError],
     pub events: &'a [AuditEvent],
     pub message: Option<&'a str>,
@@ -512,11 +514,10 @@ pub fn client_detail(page: Detail<'_>, who: &Who<'_>) -> Markup {
                 }
                 form method="post" action=(format!("{base}/regenerate")) {
                     (csrf_field(who.csrf))
-                    div.field {
-                        label for="grace_period_seconds" { "Regenerate the key, keeping the old one for (seconds)" }
-                        input type="number" id="grace_period_seconds" name="grace_period_seconds" value="0" min="0" max="604800";
-                        span.hint { "0: the old key and its tokens stop now. At most 604 800 (7 days)." }
-                    }
+                    (field("grace_period_seconds", "Regenerate the key, keeping the old one for (seconds)",
+                        "0: the old key and its tokens stop now. At most 604 800 (7 days).", page.errors, |bad, hint| html! {
+                        input type="number" id="grace_period_seconds" name="grace_period_seconds" value=(page.grace) min="0" max="604800" aria-invalid=[bad.then_some("true")] aria-describedby=(hint);
+                    }))
                     button type="submit" { "Regenerate key" }
                 }
             }
