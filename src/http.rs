@@ -7,6 +7,8 @@ mod console;
 mod error;
 mod extract;
 mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzzing;
 mod openapi;
 mod ops;
 mod relay;

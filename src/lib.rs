@@ -21,6 +21,8 @@ pub(crate) mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub(crate) mod http;
 pub mod limiter;
 pub(crate) mod metrics;

@@ -172,6 +172,20 @@ pub struct CreateClientRequest {
     allowed_networks: Option<Vec<String>>,
 }
 
+impl From<CreateClientRequest> for ClientDraft {
+    fn from(req: CreateClientRequest) -> Self {
+        ClientDraft {
+            name: req.name,
+            scopes: req.scopes,
+            rate_limit: req.rate_limit,
+            expires_at: req.expires_at,
+            metadata: req.metadata,
+            credits: req.credits.map(CreditsDraft::from),
+            allowed_networks: req.allowed_networks,
+        }
+    }
+}
+
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
@@ -211,7 +225,7 @@ pub struct UpdateClientRequest {
 }
 
 impl UpdateClientRequest {
-    fn into_changes(self) -> Result<ClientChanges, domain::Error> {
+    pub(crate) fn into_changes(self) -> Result<ClientChanges, domain::Error> {
         fn required<T>(field: &str, v: Option<Option<T>>) -> Result<Option<T>, domain::Error> {
             match v {
                 Some(None) => Err(domain::Error::invalid(
@@ -238,7 +252,7 @@ impl UpdateClientRequest {
 #[serde(deny_unknown_fields)]
 pub struct RegenerateRequest {
     /// How long the old key keeps working, 0..=604800 (default 0: it stops now).
-    grace_period_seconds: Option<i64>,
+    pub(crate) grace_period_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -312,18 +326,9 @@ pub async fn create_client(
     caller: Admin,
     ApiJson(req): ApiJson<CreateClientRequest>,
 ) -> Result<(StatusCode, Json<ClientWithKeyResponse>), ApiError> {
-    let draft = ClientDraft {
-        name: req.name,
-        scopes: req.scopes,
-        rate_limit: req.rate_limit,
-        expires_at: req.expires_at,
-        metadata: req.metadata,
-        credits: req.credits.map(CreditsDraft::from),
-        allowed_networks: req.allowed_networks,
-    };
     let (client, key) = state
         .admin
-        .create(&caller.actor, draft, domain::now())
+        .create(&caller.actor, req.into(), domain::now())
         .await?;
     let body = ClientWithKeyResponse {
         client: client.into(),

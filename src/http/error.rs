@@ -92,6 +92,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.errors
+    }
 }
 
 /// Why the relay could not answer with the upstream's response.
@@ -292,6 +297,16 @@ impl OAuthError {
             retry_after: None,
             rate_limit: None,
         }
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn description(&self) -> &str {
+        &self.description
     }
 
     /// The scheme a 401 challenges with: the one the client tried (`Basic` or `Bearer`).

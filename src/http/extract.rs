@@ -56,7 +56,7 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
         })
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // The common case pays for no path tracking; a failure is parsed again to say where.
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
@@ -91,15 +91,27 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// serde quotes the offending string (`invalid type: string "…"`), which may be a key sent in
-/// the wrong field: keep the message, drop the value and the position.
+/// serde quotes the offending value (`invalid type: string "…"`, `invalid value: integer
+/// `-1``), which may be a key sent in the wrong field: keep the message, drop the value and
+/// the position.
 fn without_quoted_values(message: &str) -> String {
     let message = message.split(" at line ").next().unwrap_or(message);
-    match (message.find('"'), message.rfind('"')) {
+    let message = match (message.find('"'), message.rfind('"')) {
         (Some(first), Some(last)) if first < last => {
             format!("{}{}", message[..first].trim_end(), &message[last + 1..])
         }
         _ => message.to_string(),
+    };
+    let about_a_value =
+        message.starts_with("invalid type: ") || message.starts_with("invalid value: ");
+    let value = message
+        .find(" `")
+        .and_then(|start| Some((start, start + 2 + message[start + 2..].find('`')?)));
+    match value {
+        Some((start, end)) if about_a_value => {
+            format!("{}{}", &message[..start], &message[end + 1..])
+        }
+        _ => message,
     }
 }
 
@@ -334,6 +346,16 @@ mod tests {
             "invalid type: string \"eg_secret\", expected i64 at line 1 column 9",
         );
         assert_eq!(m, "invalid type: string, expected i64");
+        assert_eq!(
+            without_quoted_values(
+                "invalid type: integer `-3513928312616060652`, expected a sequence"
+            ),
+            "invalid type: integer, expected a sequence"
+        );
+        assert_eq!(
+            without_quoted_values("invalid value: integer `-1`, expected u32"),
+            "invalid value: integer, expected u32"
+        );
         assert_eq!(
             without_quoted_values("missing field `name`"),
             "missing field `name`"

@@ -56,30 +56,14 @@ impl OAuthParams {
     }
 }
 
-impl<S: Send + Sync> FromRequest<S> for OAuthParams {
-    type Rejection = OAuthError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default();
-        let body = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| OAuthError::from_status(e.status()))?;
-        let pairs: Vec<(String, String)> = match content_type.as_str() {
-            "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(&body)
+impl OAuthParams {
+    /// Parses a body of media type `content_type` (lowercase, without parameters).
+    pub(crate) fn parse(content_type: &str, body: &[u8]) -> Result<Self, OAuthError> {
+        let pairs: Vec<(String, String)> = match content_type {
+            "application/x-www-form-urlencoded" => serde_urlencoded::from_bytes(body)
                 .map_err(|_| OAuthError::invalid_request("the form could not be parsed"))?,
             "application/json" => {
-                let object: serde_json::Map<String, Value> = serde_json::from_slice(&body)
+                let object: serde_json::Map<String, Value> = serde_json::from_slice(body)
                     .map_err(|_| OAuthError::invalid_request("the body must be a JSON object"))?;
                 object
                     .into_iter()
@@ -108,6 +92,29 @@ impl<S: Send + Sync> FromRequest<S> for OAuthParams {
     }
 }
 
+impl<S: Send + Sync> FromRequest<S> for OAuthParams {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| OAuthError::from_status(e.status()))?;
+        OAuthParams::parse(&content_type, &body)
+    }
+}
+
 /// A parameter's name for an error message: ours by name, anything else (perhaps a secret
 /// pasted in the wrong place) only as "a parameter".
 fn parameter_name(name: &str) -> &str {
@@ -126,7 +133,7 @@ fn parameter_name(name: &str) -> &str {
 }
 
 /// How the client authenticated at the token endpoint.
-enum ClientAuth {
+pub(crate) enum ClientAuth {
     /// RFC 6749 §2.3.1 HTTP Basic: form-urlencoded id and secret.
     Basic { client_id: String, secret: String },
     /// `Authorization: Bearer` or `X-API-Key`.
@@ -168,7 +175,10 @@ impl ClientAuth {
 
     /// Reads the one authentication method used. `Authorization` wins over `X-API-Key`, as
     /// everywhere; a header credential together with `client_secret` is two methods.
-    fn from_request(headers: &HeaderMap, params: &OAuthParams) -> Result<Self, OAuthError> {
+    pub(crate) fn from_request(
+        headers: &HeaderMap,
+        params: &OAuthParams,
+    ) -> Result<Self, OAuthError> {
         let header_auth = match headers.get(header::AUTHORIZATION) {
             Some(value) => Some(parse_authorization(value).unwrap_or(ClientAuth::Malformed)),
             None => headers

@@ -35,7 +35,7 @@ pub struct VerifyRequest {
 
 impl VerifyRequest {
     /// What the gate checks besides the key, validated.
-    fn checks(&self) -> Result<auth::VerifyRequest, domain::Error> {
+    pub(crate) fn checks(&self) -> Result<auth::VerifyRequest, domain::Error> {
         let ip = self
             .ip
             .as_deref()
