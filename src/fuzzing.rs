@@ -350,3 +350,21 @@ mod properties {
             .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()).to_string())
     }
 }
+
+/// Inputs the fuzz targets found, kept as regressions.
+#[cfg(test)]
+mod found {
+    /// An unknown field whose name holds dots: the pointer to its parent kept part of the
+    /// name (`/key;:/0eriod_second/0`), cut at the last dot of the name.
+    #[test]
+    fn an_unknown_name_with_dots_stays_out_of_the_pointer() {
+        super::admin_json(b"\x0b{\"key;:.0eriod_second.0.1\",\"cos\x0ct:2}");
+        super::admin_json(b"\x01{\"credits\": {\"eg_pastedsecretkey.tail.x\": 1}}");
+    }
+
+    /// An integer sent where a list belongs came back in serde's message.
+    #[test]
+    fn an_integer_in_the_wrong_place_is_not_repeated() {
+        super::admin_json(b"\x00{\"allowed_networks\": -3513928312616060652}");
+    }
+}

@@ -68,18 +68,13 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             return ApiError::bad_request("the body is not valid JSON", Vec::new());
         }
         let message = inner.to_string();
-        let mut path = e.path().to_string();
+        let mut segments: Vec<String> = e.path().iter().map(pointer_segment).collect();
         if names_what_was_not_expected(&message) {
-            // The path ends in the unexpected name: point at its parent.
-            path = path
-                .rsplit_once('.')
-                .map_or(String::new(), |(p, _)| p.to_string());
+            // The path ends in the unexpected name (which may hold anything, dots included):
+            // point at its parent.
+            segments.pop();
         }
-        let pointer = if path.is_empty() || path == "." {
-            String::new()
-        } else {
-            format!("/{}", path.replace('.', "/"))
-        };
+        let pointer: String = segments.iter().map(|s| format!("/{s}")).collect();
         let message = safe_message(&message);
         ApiError::bad_request(
             "the body does not match the expected shape",
@@ -89,6 +84,18 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     de.end()
         .map_err(|_| ApiError::bad_request("the body is not valid JSON", Vec::new()))?;
     Ok(value)
+}
+
+/// One step of a JSON Pointer (RFC 6901: `~` and `/` escaped).
+fn pointer_segment(segment: &serde_path_to_error::Segment) -> String {
+    use serde_path_to_error::Segment;
+    let name = match segment {
+        Segment::Seq { index } => return index.to_string(),
+        Segment::Map { key } => key.as_str(),
+        Segment::Enum { variant } => variant.as_str(),
+        Segment::Unknown => "?",
+    };
+    name.replace('~', "~0").replace('/', "~1")
 }
 
 /// serde quotes the offending value (`invalid type: string "…"`, `invalid value: integer

@@ -78,6 +78,28 @@ impl Server {
         }
     }
 
+    /// Sends `signal` (`TERM`, `KILL`, …) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits for the process to exit, at most `limit`; returns its status.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns (stdout, stderr).
     pub fn terminate(mut self) -> (String, String) {
         let pid = self.child.id().to_string();

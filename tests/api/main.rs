@@ -11,6 +11,7 @@ mod concurrency;
 mod connections;
 mod console;
 mod errors;
+mod faults;
 mod legacy;
 mod nodes;
 mod ops;

@@ -456,6 +456,15 @@ impl OwnRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) the server: connections stay open, nothing answers.
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
 }
 
 impl Drop for OwnRedis {
@@ -520,6 +529,65 @@ async fn a_redis_outage_falls_back_to_per_node_limits_without_errors() {
         !metrics.contains("relay_rate_limiter_fallbacks_total 0\n"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_ridden_out_with_per_node_limits_and_shared_limits_resume() {
+    if test_redis().is_none() {
+        return;
+    }
+    let redis =
+        OwnRedis::start().expect("redis-server must be installed when TEST_REDIS_URL is set");
+    let upstream = upstream::start().await;
+    let mut config = relay_config(&upstream.base, &dead_upstream().await);
+    config.redis = Some(redis_config(&redis.url, &unique_prefix()));
+    let first = TestApp::spawn_with(config.clone()).await;
+    let second = TestApp::spawn_sharing(&first, config).await;
+    wait_ready(&first).await;
+    wait_ready(&second).await;
+    let (_, key) = first
+        .create_client(json!({"name": "frozen", "rate_limit": 5}))
+        .await;
+
+    // Frozen (SIGSTOP), Redis holds its connections and answers nothing: every request is
+    // still answered, by the node's own limiter, none waiting past Redis's timeout.
+    redis.signal("STOP");
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let started = std::time::Instant::now();
+        statuses.push(get_with_key(&first, "/v1/chat/echo", &key).await.status());
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "a request waited {:?}",
+            started.elapsed()
+        );
+    }
+    let passed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(
+        passed, 5,
+        "the node's limiter limits meanwhile: {statuses:?}"
+    );
+    let ready = first.request(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Thawed: one limit for both nodes again (their own limiters would admit 6 each).
+    redis.signal("CONT");
+    wait_ready(&first).await;
+    wait_ready(&second).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the retry pause
+    let (_, shared) = first
+        .create_client(json!({"name": "thawed", "rate_limit": 6}))
+        .await;
+    let mut passed = 0;
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let r = get_with_key(app, "/v1/chat/echo", &shared).await;
+        passed += usize::from(r.status() == StatusCode::CREATED);
+    }
+    assert_eq!(passed, 6, "the two nodes share one limit again");
 }
 
 #[tokio::test]

@@ -1,0 +1,233 @@
+//! Faults with real processes, on SQLite and PostgreSQL: a node killed (SIGKILL) in the middle
+//! of a burst of admin writes loses no acknowledged write and leaves no half-written client;
+//! a node stopped (SIGTERM) under load finishes every request in flight, refuses new
+//! connections and writes what it counted before it exits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use egregore_relay::domain::client::ClientId;
+use egregore_relay::domain::usage::Outcome;
+use egregore_relay::service::usage::{SeriesRequest, UsageReports};
+use egregore_relay::storage::ClientQuery;
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::binary::Server;
+use crate::support::{ADMIN_TOKEN, TestDb};
+use crate::upstream;
+
+/// What the writers were told: each client created, and the rate limits it was given (the
+/// last acknowledged, then any sent later whose answer never came).
+#[derive(Default)]
+struct Acknowledged {
+    created: Vec<String>,
+    rate_limits: HashMap<String, (i64, Vec<i64>)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_in_a_burst_of_admin_writes_loses_no_acknowledged_write() {
+    let db = TestDb::new().await;
+    let envs = [("RELAY_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let server = Server::start(&db, &envs);
+    let base = server.base.clone();
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let stop = Instant::now() + Duration::from_millis(600);
+    let writers = (0..8).map(|writer| {
+        let (base, acked) = (base.clone(), acked.clone());
+        async move {
+            let http = reqwest::Client::new();
+            for i in 0.. {
+                if Instant::now() > stop {
+                    break;
+                }
+                let created = http
+                    .post(format!("{base}/admin/clients"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"name": format!("burst-{writer}-{i}"), "rate_limit": 1}))
+                    .send()
+                    .await;
+                let Ok(created) = created else { break };
+                if created.status() != StatusCode::CREATED {
+                    break;
+                }
+                let Ok(body) = created.json::<Value>().await else {
+                    break;
+                };
+                let id = body["client"]["client_id"].as_str().unwrap().to_string();
+                acked.lock().unwrap().created.push(id.clone());
+                acked
+                    .lock()
+                    .unwrap()
+                    .rate_limits
+                    .insert(id.clone(), (1, Vec::new()));
+                for limit in 2..5 {
+                    let patched = http
+                        .patch(format!("{base}/admin/clients/{id}"))
+                        .bearer_auth(ADMIN_TOKEN)
+                        .json(&json!({"rate_limit": limit}))
+                        .send()
+                        .await;
+                    let mut acked = acked.lock().unwrap();
+                    let entry = acked.rate_limits.get_mut(&id).unwrap();
+                    match patched {
+                        Ok(r) if r.status() == StatusCode::OK => *entry = (limit, Vec::new()),
+                        _ => {
+                            entry.1.push(limit);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let burst = tokio::spawn(join_all(writers));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("KILL");
+    burst.await.unwrap();
+    let acked = Arc::try_unwrap(acked).ok().unwrap().into_inner().unwrap();
+    assert!(
+        acked.created.len() > 8,
+        "the burst was under way when killed"
+    );
+    eprintln!("{} clients created before the kill", acked.created.len());
+
+    // Restarted on the same database: every acknowledged write is there with its audit row.
+    let server = Server::start(&db, &envs);
+    let store = db.open().await;
+    let all = ClientQuery {
+        include_disabled: true,
+        name_contains: None,
+        scope: None,
+        after: None,
+        limit: 100_000,
+    };
+    let clients = store.list_clients(&all).await.unwrap();
+    let audit = store
+        .list_audit(&egregore_relay::storage::AuditQuery {
+            client_id: None,
+            before_id: None,
+            limit: 100_000,
+        })
+        .await
+        .unwrap();
+    for id in &acked.created {
+        let client = store.client(&ClientId::new(id)).await.unwrap();
+        let client = client.unwrap_or_else(|| panic!("acknowledged client {id} is gone"));
+        let (last_acked, unanswered) = &acked.rate_limits[id];
+        assert!(
+            client.rate_limit == *last_acked || unanswered.contains(&client.rate_limit),
+            "{id}: rate limit {} after acknowledging {last_acked}",
+            client.rate_limit
+        );
+    }
+    // No half-written client: each one complete, with the audit rows of what it went through.
+    for client in &clients {
+        assert!(client.name.starts_with("burst-") && client.key.is_some());
+        let events: Vec<&str> = audit
+            .iter()
+            .filter(|e| e.client_id.as_deref() == Some(client.client_id.as_str()))
+            .map(|e| e.action.as_str())
+            .collect();
+        assert!(events.contains(&"client.created"), "{:?}", client.client_id);
+        let updates = events.iter().filter(|a| **a == "client.updated").count();
+        assert_eq!(
+            updates as i64,
+            client.rate_limit - 1,
+            "one audit row per change written"
+        );
+    }
+    let answered: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/admin/clients?include_disabled=true&limit=500",
+            server.base
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !answered["clients"].as_array().unwrap().is_empty(),
+        "the node serves again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_every_request_in_flight_then_exits() {
+    let upstream = upstream::start().await;
+    let db = TestDb::new().await;
+    let envs = [
+        ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("RELAY_UPSTREAM", upstream.base.as_str()),
+        ("RELAY_USAGE_FLUSH_SECONDS", "10"),
+    ];
+    let server = Server::start(&db, &envs);
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/admin/clients", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "in-flight", "rate_limit": 1000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["client"]["client_id"].as_str().unwrap().to_string();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    // Each request waits 3 s for the upstream's answer.
+    let in_flight = 16;
+    let requests = (0..in_flight).map(|_| {
+        http.get(format!("{}/v1/chat/slow", server.base))
+            .bearer_auth(&key)
+            .send()
+    });
+    let requests = tokio::spawn(join_all(requests));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    let stopped_at = Instant::now();
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(&address).await.is_err(),
+        "a new connection is refused once stopping"
+    );
+    let finished = requests.await.unwrap();
+    let mut completed = 0;
+    for response in finished {
+        let response = response.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        assert_eq!(response.text().await.unwrap(), "late");
+        completed += 1;
+    }
+    assert_eq!(completed, in_flight);
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(10),
+        "exit within the drain"
+    );
+    // What it held in memory was written on the way out.
+    let store = db.open().await;
+    let request = SeriesRequest {
+        client_id: Some(id.clone()),
+        ..Default::default()
+    };
+    let series = UsageReports::new(store.clone())
+        .series(request, egregore_relay::domain::now())
+        .await
+        .unwrap();
+    assert_eq!(series.totals.get(Outcome::Allowed), in_flight as u64);
+    let client = store.client(&ClientId::new(&id)).await.unwrap().unwrap();
+    assert!(
+        client.last_used_at.is_some(),
+        "last_used_at written at shutdown"
+    );
+}
