@@ -78,6 +78,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (`TERM`, `KILL`, …) without waiting.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();

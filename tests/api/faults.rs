@@ -231,3 +231,140 @@ async fn sigterm_under_load_finishes_every_request_in_flight_then_exits() {
         "last_used_at written at shutdown"
     );
 }
+
+/// An upstream that fails in the ways a network does, by the path's last segment: `reset`
+/// resets the connection before any header, `cut` starts an event stream and disconnects in
+/// the middle of it, `drip` sends its 5-byte body a byte every 10 ms.
+async fn faulty_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 2048];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                if path.ends_with("/reset") {
+                    let _ = socket.set_zero_linger();
+                } else if path.ends_with("/cut") {
+                    let stream = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                  transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n";
+                    let _ = socket.write_all(stream.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    for byte in b"drips" {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let _ = socket.write_all(&[*byte]).await;
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+/// Open descriptors and resident memory (KiB) of a process.
+fn descriptors_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss)
+}
+
+/// One request to a failing upstream path; what the client saw.
+async fn through(http: &reqwest::Client, base: &str, key: &str, fault: &str) -> Result<(), String> {
+    let response = http
+        .get(format!("{base}/v1/chat/{fault}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.bytes().await;
+    match fault {
+        "reset" if status == StatusCode::BAD_GATEWAY => Ok(()),
+        // The stream ends early: the first event arrives, then the body breaks off.
+        "cut" if status == StatusCode::OK && body.is_err() => Ok(()),
+        "drip" if status == StatusCode::OK && body.as_deref().ok() == Some(&b"drips"[..]) => Ok(()),
+        _ => Err(format!("{fault}: {status}, {body:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_end_cleanly_and_leak_no_descriptor_or_memory() {
+    let upstream = faulty_upstream().await;
+    let db = TestDb::new().await;
+    let envs = [
+        ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("RELAY_UPSTREAM", upstream.as_str()),
+    ];
+    let server = Server::start(&db, &envs);
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/admin/clients", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "unlucky", "rate_limit": 1_000_000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let faults = ["reset", "cut", "drip"];
+    let round = |count: usize| {
+        let (http, base, key) = (http.clone(), server.base.clone(), key.clone());
+        async move {
+            for batch in 0..count / 20 {
+                let requests =
+                    (0..20).map(|i| through(&http, &base, &key, faults[(batch + i) % 3]));
+                for outcome in join_all(requests).await {
+                    outcome.unwrap();
+                }
+            }
+        }
+    };
+    round(100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds_before, rss_before) = descriptors_and_rss(server.pid());
+    round(1000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds_after, rss_after) = descriptors_and_rss(server.pid());
+    eprintln!(
+        "1000 faulty requests: descriptors {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        fds_after <= fds_before + 4,
+        "descriptors {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after <= rss_before + 8 * 1024,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+    // And the connection slots came back: the service answers at once.
+    let health = http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
