@@ -387,13 +387,8 @@ impl Outage {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_rides_out_a_database_outage_and_recovers_by_itself() {
-    if postgres_db_url().is_none() {
-        return;
-    }
-    let db = TestDb::new().await;
-    // The node reaches PostgreSQL through a forwarder the test can cut.
+/// A forwarder in front of `db`'s PostgreSQL, and the database URL through it.
+async fn behind_an_outage(db: &TestDb) -> (Outage, String) {
     let (host_port, rest) = {
         let after_at = db.url.split_once('@').unwrap().1;
         let (hp, rest) = after_at.split_once('/').unwrap();
@@ -405,6 +400,17 @@ async fn a_node_rides_out_a_database_outage_and_recovers_by_itself() {
         &format!("@127.0.0.1:{}/", outage.port),
     );
     assert!(url.ends_with(&rest));
+    (outage, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rides_out_a_database_outage_and_recovers_by_itself() {
+    if postgres_db_url().is_none() {
+        return;
+    }
+    let db = TestDb::new().await;
+    // The node reaches PostgreSQL through a forwarder the test can cut.
+    let (outage, url) = behind_an_outage(&db).await;
     let node = Node::start(
         &db,
         &[
@@ -455,4 +461,181 @@ async fn a_node_rides_out_a_database_outage_and_recovers_by_itself() {
     })
     .await;
     assert!(recovered, "the node did not recover by itself");
+}
+
+/// One request of the mixed traffic, and what came of it.
+struct Seen {
+    kind: &'static str,
+    sent: Instant,
+    answered: Instant,
+    status: u16,
+    created: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_traffic_rides_out_database_outages_and_readyz_tells_the_truth() {
+    if postgres_db_url().is_none() {
+        return;
+    }
+    let upstream = crate::upstream::start().await;
+    let db = TestDb::new().await;
+    let (outage, url) = behind_an_outage(&db).await;
+    let node = Node::start(
+        &db,
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("RELAY_UPSTREAM", upstream.base.as_str()),
+        ],
+    );
+    let created = node
+        .post(
+            "/admin/clients",
+            json!({"name": "cached", "rate_limit": 1000000}),
+        )
+        .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    assert_eq!(node.verify(&key).await["valid"], true);
+    let base = node.server.base.clone();
+
+    // Admin writes, verification, relayed requests, token exchanges and /readyz, four at a
+    // time, while the database goes away twice for 1.5 s.
+    let started = Instant::now();
+    let traffic = (0..4).map(|worker| {
+        let (http, base, key) = (node.http.clone(), base.clone(), key.clone());
+        async move {
+            let mut seen = Vec::new();
+            let mut i = worker;
+            while started.elapsed() < Duration::from_millis(7500) {
+                let sent = Instant::now();
+                let (kind, request) = match i % 5 {
+                    0 => (
+                        "create",
+                        http.post(format!("{base}/admin/clients"))
+                            .bearer_auth(ADMIN_TOKEN)
+                            .json(&json!({"name": format!("written-{worker}-{i}")})),
+                    ),
+                    1 => (
+                        "verify",
+                        http.post(format!("{base}/v1/keys/verify"))
+                            .bearer_auth(ADMIN_TOKEN)
+                            .json(&json!({"key": key})),
+                    ),
+                    2 => (
+                        "relay",
+                        http.get(format!("{base}/v1/chat/echo")).bearer_auth(&key),
+                    ),
+                    3 => (
+                        "token",
+                        http.post(format!("{base}/v1/token"))
+                            .header("x-api-key", &key)
+                            .form(&[("grant_type", "client_credentials")]),
+                    ),
+                    _ => ("readyz", http.get(format!("{base}/readyz"))),
+                };
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let created = body["client"]["client_id"].as_str().map(String::from);
+                if kind == "verify" && status == 200 {
+                    assert_eq!(body["valid"], true, "a cached key stays valid");
+                }
+                seen.push(Seen {
+                    kind,
+                    sent,
+                    answered: Instant::now(),
+                    status,
+                    created,
+                });
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        }
+    });
+    let traffic = tokio::spawn(futures_util::future::join_all(traffic));
+    let mut outages = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let down = Instant::now();
+        outage.cut();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        outage.restore();
+        outages.push((down, Instant::now()));
+    }
+    let seen: Vec<Seen> = traffic.await.unwrap().into_iter().flatten().collect();
+    let in_outage = |s: &Seen| {
+        outages
+            .iter()
+            .any(|(down, up)| s.answered >= *down && s.sent <= *up + Duration::from_secs(2))
+    };
+    let settled_down = |s: &Seen| {
+        outages
+            .iter()
+            .any(|(down, up)| s.sent >= *down + Duration::from_millis(700) && s.answered <= *up)
+    };
+    let mut acknowledged = Vec::new();
+    for s in &seen {
+        // Cached keys keep working throughout; what needs the database is a 503 while it is
+        // away, never another 5xx.
+        match s.kind {
+            "verify" | "relay" | "token" => {
+                assert!(
+                    (200..300).contains(&s.status),
+                    "{} answered {}",
+                    s.kind,
+                    s.status
+                )
+            }
+            _ => assert!(
+                (200..300).contains(&s.status) || s.status == 503,
+                "{} answered {}",
+                s.kind,
+                s.status
+            ),
+        }
+        if s.kind == "readyz" && settled_down(s) {
+            assert_eq!(
+                s.status, 503,
+                "/readyz said ready while the database was away"
+            );
+        }
+        if s.kind == "readyz" && !in_outage(s) {
+            assert_eq!(
+                s.status, 200,
+                "/readyz said unready with the database there"
+            );
+        }
+        if !in_outage(s) && s.kind == "create" {
+            assert_eq!(
+                s.status, 201,
+                "an admin write failed with the database there"
+            );
+        }
+        acknowledged.extend(s.created.clone());
+    }
+    let refused = seen.iter().filter(|s| s.status == 503).count();
+    eprintln!(
+        "outages: {} requests, {refused} answered 503, {} writes acknowledged",
+        seen.len(),
+        acknowledged.len()
+    );
+    assert!(refused > 0, "the outages were felt");
+    // Every acknowledged write is there, with its audit row.
+    let store = db.open().await;
+    for id in &acknowledged {
+        let client_id = egregore_relay::domain::client::ClientId::new(id);
+        assert!(
+            store.client(&client_id).await.unwrap().is_some(),
+            "{id} is gone"
+        );
+        let audit = store
+            .list_audit(&egregore_relay::storage::AuditQuery {
+                client_id: Some(id.clone()),
+                before_id: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1, "{id}: its creation is audited");
+    }
 }
