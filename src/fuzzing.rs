@@ -209,9 +209,16 @@ pub fn forwarded_for(data: &[u8]) {
     let peer: IpAddr = [127, 0, 0, 1].into();
     let caller = proxies.caller(peer, text.split('\n'));
     if caller != peer {
+        // A hop is an address, or an address and a port (`192.0.2.1:443`, `[2001:db8::1]:80`).
         let named = text
             .split(['\n', ','])
-            .filter_map(|hop| hop.trim().trim_matches(['[', ']']).parse::<IpAddr>().ok())
+            .filter_map(|hop| {
+                let hop = hop.trim();
+                hop.trim_matches(['[', ']'])
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+            })
             .any(|ip| ip.to_canonical() == caller);
         assert!(named, "{caller} is not in {text:?}");
     }
@@ -360,6 +367,13 @@ mod found {
     fn an_unknown_name_with_dots_stays_out_of_the_pointer() {
         super::admin_json(b"\x0b{\"key;:.0eriod_second.0.1\",\"cos\x0ct:2}");
         super::admin_json(b"\x01{\"credits\": {\"eg_pastedsecretkey.tail.x\": 1}}");
+    }
+
+    /// A hop written with its port names its address (the property was too strict here,
+    /// not the code).
+    #[test]
+    fn a_hop_with_a_port_names_its_address() {
+        super::forwarded_for(b"2001:0db9::\n,\n3.0.1.91:1");
     }
 
     /// An integer sent where a list belongs came back in serde's message.

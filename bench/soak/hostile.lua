@@ -1,0 +1,63 @@
+-- Hostile traffic for the soak: random and malformed keys, forged tokens, random
+-- X-Forwarded-For from a trusted proxy (every caller a new address), oversized and malformed
+-- bodies. Every answer must be a 4xx; 5xx are counted.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+
+local alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+local function random_text(len)
+  local out = {}
+  for i = 1, len do
+    local k = math.random(1, #alphabet)
+    out[i] = alphabet:sub(k, k)
+  end
+  return table.concat(out)
+end
+local function random_address()
+  return string.format("%d.%d.%d.%d", math.random(1, 223), math.random(0, 255),
+    math.random(0, 255), math.random(1, 254))
+end
+
+local big = string.rep("x", 70 * 1024)
+function init(args)
+  math.randomseed(os.time() + math.random(1, 100000))
+  n, server_errors, refused = 0, 0, 0
+end
+
+function request()
+  n = n + 1
+  local xff = { ["X-Forwarded-For"] = random_address() }
+  local kind = n % 6
+  if kind == 0 then
+    xff["X-API-Key"] = "eg_" .. random_text(48)
+    return wrk.format("GET", "/v1/chat/x", xff)
+  elseif kind == 1 then
+    xff["Authorization"] = "Bearer eyJhbGciOiJFZERTQSJ9." .. random_text(40) .. "." .. random_text(86)
+    return wrk.format("GET", "/v1/history/x", xff)
+  elseif kind == 2 then
+    xff["Content-Type"] = "application/json"
+    xff["Authorization"] = "Bearer " .. random_text(40)
+    return wrk.format("POST", "/v1/keys/verify", xff, '{"key":"eg_' .. random_text(40) .. '"}')
+  elseif kind == 3 then
+    xff["Content-Type"] = "application/json"
+    return wrk.format("POST", "/admin/clients", xff, '{"name":"' .. big .. '"}')
+  elseif kind == 4 then
+    xff["Content-Type"] = "application/x-www-form-urlencoded"
+    xff["Authorization"] = "Basic " .. random_text(30)
+    return wrk.format("POST", "/v1/token", xff, "grant_type=client_credentials&scope=%ZZ")
+  else
+    return wrk.format("GET", "/v1/chat/../admin/" .. random_text(8) .. "%2e%2e", xff)
+  end
+end
+
+function response(status)
+  if status >= 500 then server_errors = server_errors + 1
+  elseif status >= 400 then refused = refused + 1 end
+end
+
+function done(summary, latency)
+  local e, r = 0, 0
+  for _, t in ipairs(threads) do e = e + t:get("server_errors"); r = r + t:get("refused") end
+  io.write(string.format("SOAK %d %d %d %.3f %.3f\n", summary.requests, e, r,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end

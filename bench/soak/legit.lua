@@ -1,0 +1,38 @@
+-- Legitimate traffic for the soak: verify, relayed GETs with a key and with a token, token
+-- exchanges and an admin list, in turn. Counts 5xx and other non-2xx answers.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+
+local requests = {}
+function init(args)
+  local key, token, admin = args[1], args[2], args[3]
+  requests = {
+    wrk.format("POST", "/v1/keys/verify",
+      { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. admin },
+      '{"key":"' .. key .. '"}'),
+    wrk.format("GET", "/v1/chat/x", { ["X-API-Key"] = key }),
+    wrk.format("GET", "/v1/history/x", { ["Authorization"] = "Bearer " .. token }),
+    wrk.format("POST", "/v1/token",
+      { ["Content-Type"] = "application/x-www-form-urlencoded", ["X-API-Key"] = key },
+      "grant_type=client_credentials"),
+    wrk.format("GET", "/admin/clients?limit=5", { ["Authorization"] = "Bearer " .. admin }),
+  }
+  n, server_errors, refused = 0, 0, 0
+end
+
+function request()
+  n = n + 1
+  return requests[(n % #requests) + 1]
+end
+
+function response(status)
+  if status >= 500 then server_errors = server_errors + 1
+  elseif status >= 300 then refused = refused + 1 end
+end
+
+function done(summary, latency)
+  local e, r = 0, 0
+  for _, t in ipairs(threads) do e = e + t:get("server_errors"); r = r + t:get("refused") end
+  io.write(string.format("SOAK %d %d %d %.3f %.3f\n", summary.requests, e, r,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
