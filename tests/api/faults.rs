@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::binary::Server;
-use crate::support::{ADMIN_TOKEN, TestDb};
+use crate::support::{ADMIN_TOKEN, TestDb, create_on};
 use crate::upstream;
 
 /// What the writers were told: each client created, and the rate limits it was given (the
@@ -168,18 +168,11 @@ async fn sigterm_under_load_finishes_every_request_in_flight_then_exits() {
     ];
     let server = Server::start(&db, &envs);
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{}/admin/clients", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "in-flight", "rate_limit": 1000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["client"]["client_id"].as_str().unwrap().to_string();
-    let key = created["api_key"].as_str().unwrap().to_string();
+    let (id, key) = create_on(
+        &server.base,
+        json!({"name": "in-flight", "rate_limit": 1000}),
+    )
+    .await;
     // Each request waits 3 s for the upstream's answer.
     let in_flight = 16;
     let requests = (0..in_flight).map(|_| {
@@ -319,20 +312,16 @@ async fn upstream_faults_end_cleanly_and_leak_no_descriptor_or_memory() {
     ];
     let server = Server::start(&db, &envs);
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{}/admin/clients", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "unlucky", "rate_limit": 1_000_000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["api_key"].as_str().unwrap().to_string();
+    let (_, key) = create_on(
+        &server.base,
+        json!({"name": "unlucky", "rate_limit": 1_000_000}),
+    )
+    .await;
     let faults = ["reset", "cut", "drip"];
+    // Each round with a client of its own, dropped at its end: the connections it kept alive
+    // close, so what stays open on the server is what it leaked.
     let round = |count: usize| {
-        let (http, base, key) = (http.clone(), server.base.clone(), key.clone());
+        let (http, base, key) = (reqwest::Client::new(), server.base.clone(), key.clone());
         async move {
             for batch in 0..count / 20 {
                 let requests =
@@ -343,7 +332,7 @@ async fn upstream_faults_end_cleanly_and_leak_no_descriptor_or_memory() {
             }
         }
     };
-    round(100).await;
+    round(200).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds_before, rss_before) = descriptors_and_rss(server.pid());
     round(1000).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use egregore_relay::domain::address::{TrustedProxies, parse_network};
-use egregore_relay::domain::client::ClientId;
+use egregore_relay::domain::client::{Client, ClientId};
 use egregore_relay::service::credits::{CreditLeases, Spend};
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -15,13 +15,21 @@ use serde_json::{Value, json};
 
 use crate::binary::Server;
 use crate::relay::relay_config;
-use crate::support::{ADMIN_TOKEN, TestApp, TestDb, assert_problem, pointers, test_config};
+use crate::support::{
+    ADMIN_TOKEN, TestApp, TestDb, assert_problem, create_on, pointers, test_config,
+};
 use crate::upstream;
 
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 fn id(client: &Value) -> String {
     client["client_id"].as_str().unwrap().to_string()
+}
+
+/// The client as the database holds it.
+async fn stored(app: &TestApp, client: &Value) -> Client {
+    let id = ClientId::new(&id(client));
+    app.store.client(&id).await.unwrap().unwrap()
 }
 
 async fn relay_app() -> (TestApp, upstream::Upstream) {
@@ -402,12 +410,7 @@ async fn refill_happens_once_per_period_across_three_nodes() {
             "credits": {"remaining": 3, "refill": {"amount": 10, "interval": "day"}},
         }))
         .await;
-    let client = app
-        .store
-        .client(&ClientId::new(&id(&client)))
-        .await
-        .unwrap()
-        .unwrap();
+    let client = stored(&app, &client).await;
     // Three nodes' credit services, each on its own connection to the one database, with
     // a clock the test sets: the last seconds of today, then the first of tomorrow.
     let nodes: Vec<CreditLeases> = join_all((0..3).map(|_| app.db.open()))
@@ -459,12 +462,7 @@ async fn requests_given_up_midway_lose_no_credits() {
     let (client, _) = app
         .create_client(json!({"name": "impatient", "credits": {"remaining": 3_000_000}}))
         .await;
-    let client = app
-        .store
-        .client(&ClientId::new(&id(&client)))
-        .await
-        .unwrap()
-        .unwrap();
+    let client = stored(&app, &client).await;
     let leases = CreditLeases::new(app.db.open().await);
     // Callers that give up after 0 to 3 ms, at every point of a lease's take from the
     // database; each spend costs enough to need a take of its own.
@@ -734,22 +732,6 @@ async fn race(nodes: &[String], key: &str, count: usize) -> (usize, usize) {
     let valid = answers.iter().filter(|a| **a == Some(true)).count();
     let answered = answers.iter().filter(|a| a.is_some()).count();
     (valid, answered)
-}
-
-async fn create_on(node: &str, body: Value) -> (String, String) {
-    let r = reqwest::Client::new()
-        .post(format!("{node}/admin/clients"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let body: Value = r.json().await.unwrap();
-    (
-        id(&body["client"]),
-        body["api_key"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn three_nodes_race(env: &[(&str, &str)]) {

@@ -306,6 +306,24 @@ impl Drop for TestApp {
     }
 }
 
+/// Creates a client through the admin API of the server at `base` (a `relay serve` process,
+/// say); returns its id and key.
+pub async fn create_on(base: &str, body: Value) -> (String, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/clients"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    (
+        body["client"]["client_id"].as_str().unwrap().to_string(),
+        body["api_key"].as_str().unwrap().to_string(),
+    )
+}
+
 /// Reads what is left of a streamed response body.
 pub async fn read_rest(response: &mut Response) -> Vec<u8> {
     let mut rest = Vec::new();
