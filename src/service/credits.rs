@@ -107,7 +107,9 @@ impl CreditLeases {
         if lease.valid_until.is_some_and(|end| now >= end) {
             lease.held = 0;
         }
-        if lease.held < cost {
+        // A lease that has never read the balance (new, or forgotten while idle) reads it
+        // first, even for a verification that costs nothing: it reports what is left.
+        if lease.held < cost || lease.left_in_store.is_none() {
             // Credits taken from the database must reach the lease even if the request is
             // dropped meanwhile: the lease (locked) and the store go to a task of their own.
             let store = self.store.clone();

@@ -486,6 +486,32 @@ async fn requests_given_up_midway_lose_no_credits() {
 }
 
 #[tokio::test]
+async fn a_free_verification_reports_the_balance_after_the_lease_was_forgotten() {
+    let app = TestApp::spawn().await;
+    let (client, _) = app
+        .create_client(json!({"name": "forgotten", "credits": {"remaining": 12}}))
+        .await;
+    let client = stored(&app, &client).await;
+    let leases = CreditLeases::new(app.db.open().await);
+    let now = Utc::now();
+    assert_eq!(
+        leases.spend(&client, 5, now).await.unwrap(),
+        Spend::Spent { remaining: 7 }
+    );
+    // Idle long enough: the empty lease is forgotten. A free look still reads the balance,
+    // not the 12 of the client as it was loaded.
+    let later = now + chrono::Duration::seconds(60);
+    leases
+        .give_back(later, Some(chrono::Duration::seconds(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        leases.spend(&client, 0, later).await.unwrap(),
+        Spend::Spent { remaining: 7 }
+    );
+}
+
+#[tokio::test]
 async fn a_refill_due_shows_before_any_node_has_made_it() {
     let app = TestApp::spawn().await;
     let (client, _) = app
