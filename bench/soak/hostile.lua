@@ -1,6 +1,6 @@
--- Hostile traffic for the soak: random and malformed keys, forged tokens, random
--- X-Forwarded-For from a trusted proxy (every caller a new address), oversized and malformed
--- bodies. Every answer must be a 4xx; 5xx are counted.
+-- Hostile traffic for the soak: random and malformed keys (new and legacy formats), forged
+-- tokens, random X-Forwarded-For from a trusted proxy (every caller a new address), oversized
+-- and malformed bodies, dot segments. Every answer must be a 4xx; 5xx are counted.
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
@@ -11,6 +11,11 @@ local function random_text(len)
     local k = math.random(1, #alphabet)
     out[i] = alphabet:sub(k, k)
   end
+  return table.concat(out)
+end
+local function random_hex(len)
+  local out = {}
+  for i = 1, len do out[i] = string.format("%x", math.random(0, 15)) end
   return table.concat(out)
 end
 local function random_address()
@@ -27,7 +32,7 @@ end
 function request()
   n = n + 1
   local xff = { ["X-Forwarded-For"] = random_address() }
-  local kind = n % 6
+  local kind = n % 7
   if kind == 0 then
     xff["X-API-Key"] = "eg_" .. random_text(48)
     return wrk.format("GET", "/v1/chat/x", xff)
@@ -45,6 +50,9 @@ function request()
     xff["Content-Type"] = "application/x-www-form-urlencoded"
     xff["Authorization"] = "Basic " .. random_text(30)
     return wrk.format("POST", "/v1/token", xff, "grant_type=client_credentials&scope=%ZZ")
+  elseif kind == 5 then
+    xff["X-API-Key"] = "eg_" .. random_hex(40)
+    return wrk.format("GET", "/v1/history/x", xff)
   else
     return wrk.format("GET", "/v1/chat/../admin/" .. random_text(8) .. "%2e%2e", xff)
   end
