@@ -376,6 +376,19 @@ mod found {
         super::forwarded_for(b"2001:0db9::\n,\n3.0.1.91:1");
     }
 
+    /// An unknown field whose name holds a backtick: the message was cut at the name's own
+    /// backtick, and the rest of the name came back.
+    #[test]
+    fn an_unknown_name_with_a_backtick_stays_out_of_the_message() {
+        let mut body = b"\x00{\"name\":\"`x\",\"eg_sbecret_f".to_vec();
+        body.extend_from_slice(&[b'a'; 17]);
+        body.push(b'`');
+        body.extend_from_slice(&[b'a'; 80]);
+        body.extend_from_slice(b"ield\":'1w");
+        super::admin_json(&body);
+        super::admin_json(b"\x01{\"eg_pasted`secret`, expected one of `x`\": 1}");
+    }
+
     /// An integer sent where a list belongs came back in serde's message.
     #[test]
     fn an_integer_in_the_wrong_place_is_not_repeated() {

@@ -131,13 +131,18 @@ fn names_what_was_not_expected(message: &str) -> bool {
 /// or variant name (a key pasted as a field name would come back otherwise). The names it
 /// expected are ours and stay.
 fn safe_message(message: &str) -> String {
-    let message = without_quoted_values(message);
-    if !names_what_was_not_expected(&message) {
-        return message;
+    if names_what_was_not_expected(message) {
+        // The name may hold anything, backticks and quotes included: keep only what serde
+        // says after it (the names it expected, ours), found from the end.
+        let what = message.split(" `").next().unwrap_or("unknown field");
+        let expected = message
+            .rfind(", expected ")
+            .or_else(|| message.rfind(", there are no "))
+            .map_or("", |at| &message[at..]);
+        let expected = expected.split(" at line ").next().unwrap_or(expected);
+        return format!("{what}{expected}");
     }
-    let (what, rest) = message.split_once(" `").unwrap_or((&message, ""));
-    let after_name = rest.split_once('`').map_or("", |(_, after)| after);
-    format!("{what}{after_name}")
+    without_quoted_values(message)
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
