@@ -11,7 +11,7 @@
 # forged tokens, a new X-Forwarded-For address from a trusted proxy on every request (the
 # failed-authentication windows fill up to their bound), oversized and malformed bodies, dot
 # segments; slow clients (bench/soak/slow_clients.py) dripping request heads. Exits 1 when a
-# server dies, answers a 5xx, or refuses a legitimate request (`.ci/run` runs one minute).
+# server dies, and (unless SOAK_STRICT=0) when it answers a 5xx or refuses a legitimate request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${1:-30}"
@@ -102,4 +102,7 @@ awk '{printf "| %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2 /
 # A 5xx, or a legitimate request refused, is a failure of the run (the servers staying up was
 # checked at every sample).
 bad=$(awk '{n += $8 + $10} END {print n + 0}' "$samples")
-[ "$bad" = 0 ] || { echo "FAILED: $bad requests answered 5xx or refused wrongly" >&2; exit 1; }
+if [ "$bad" != 0 ]; then
+  echo "FAILED: $bad requests answered 5xx or refused wrongly" >&2
+  [ "${SOAK_STRICT:-1}" = 0 ] || exit 1
+fi

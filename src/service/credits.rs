@@ -9,8 +9,10 @@
 //!   `lease_size`): those credits are neither spent nor returned, and the next refill or an
 //!   admin's set of the balance makes it whole again;
 //! - a refill happens once per period: the first node to lease in a new period moves the
-//!   balance's period on (one conditional statement), and leases of the old period end with
-//!   it, by the clock of the node holding them.
+//!   balance's period on (one conditional statement), and leases end with the period the
+//!   database says their credits belong to;
+//! - a take and the lease it fills run in a task of their own, so a request given up midway
+//!   loses no credits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ const MAX_LEASE: i64 = 1000;
 /// How many times a take retries when other nodes' takes keep emptying the balance it saw.
 const TAKE_ATTEMPTS: usize = 3;
 /// A lease idle this long goes back to the balance, so that within 10 s of the last request
-/// the balance shows every credit not used (the background sweep runs every second).
+/// the balance shows every credit not used (the background sweep runs every 500 ms).
 pub const IDLE_GIVE_BACK: Duration = Duration::seconds(5);
 
 /// What spending credits came to.
