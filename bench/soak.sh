@@ -11,7 +11,9 @@
 # forged tokens, a new X-Forwarded-For address from a trusted proxy on every request (the
 # failed-authentication windows fill up to their bound), oversized and malformed bodies, dot
 # segments; slow clients (bench/soak/slow_clients.py) dripping request heads. Exits 1 when a
-# server dies, and (unless SOAK_STRICT=0) when it answers a 5xx or refuses a legitimate request.
+# server dies, and (unless SOAK_STRICT=0) when it answers a 5xx or refuses a legitimate request;
+# then it prints each failed answer with its count, and what the servers logged meanwhile.
+# Each server's log and final /metrics are kept in target/soak/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${1:-30}"
@@ -19,7 +21,7 @@ SAMPLE="${SAMPLE:-30}"
 CONNECTIONS="${CONNECTIONS:-8}"
 PG_SERVER="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 REDIS="${BENCH_REDIS:-redis://127.0.0.1:6379}"
-export RELAY_ADMIN_TOKEN="soak-admin-token-0123456789abcdef0123456789" RUST_LOG=error
+export RELAY_ADMIN_TOKEN="soak-admin-token-0123456789abcdef0123456789" RUST_LOG=warn
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --quiet --bin relay --example bare_server
@@ -71,6 +73,7 @@ done
 
 # Tokens live 15 minutes: each sample exchanges the key for a fresh one first.
 samples="$work/samples"
+touch "$work/failures"
 started=$SECONDS
 while [ $((SECONDS - started)) -lt $((MINUTES * 60)) ]; do
   load=()
@@ -89,12 +92,19 @@ while [ $((SECONDS - started)) -lt $((MINUTES * 60)) ]; do
     kill -0 "$pid" || { echo "the $b server died" >&2; exit 1; }
     rss=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
     fds=$(ls "/proc/$pid/fd" | wc -l)
-    read -r _ legit legit_5xx legit_refused p50 p99 < <(grep '^SOAK' "$work/legit-$b")
-    read -r _ hostile hostile_5xx _ _ _ < <(grep '^SOAK' "$work/hostile-$b")
+    read -r _ legit legit_5xx legit_refused p50 p99 < <(grep '^SOAK ' "$work/legit-$b")
+    read -r _ hostile hostile_5xx _ _ _ < <(grep '^SOAK ' "$work/hostile-$b")
+    sed -n "s/^SOAK5XX /$b /p" "$work/legit-$b" "$work/hostile-$b" >>"$work/failures"
     echo "$b $((SECONDS - started)) $rss $fds $legit $p50 $p99 $legit_refused $hostile $((legit_5xx + hostile_5xx))" | tee -a "$samples" >&2
   done
 done
 
+# Each server's metrics and log, kept for a closer look (latency by route, what was logged).
+mkdir -p target/soak
+for b in "${backends[@]}"; do
+  curl -sf "localhost:$(port_of "$b")/metrics" >"target/soak/metrics-$b.txt" || true
+  cp "$work/relay-$(port_of "$b").log" "target/soak/relay-$b.log"
+done
 python3 bench/soak/plot.py bench/soak.svg < "$samples"
 echo "| backend | minute | server RSS (MB) | open descriptors | legitimate requests | p50 (ms) | p99 (ms) | legitimate refused | hostile requests | 5xx |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -103,6 +113,12 @@ awk '{printf "| %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2 /
 # checked at every sample).
 bad=$(awk '{n += $8 + $10} END {print n + 0}' "$samples")
 if [ "$bad" != 0 ]; then
-  echo "FAILED: $bad requests answered 5xx or refused wrongly" >&2
+  echo "FAILED: $bad requests answered 5xx or refused wrongly; by answer (backend, count, status, body):" >&2
+  awk '{k = $1; for (i = 3; i <= NF; i++) k = k " " $i; n[k] += $2} END {for (k in n) print n[k], k}' \
+    "$work/failures" | sort -rn >&2
+  for b in "${backends[@]}"; do  # what the server said meanwhile, most frequent first
+    echo "-- $b server warnings and errors:" >&2
+    sed -E 's/^[^ ]+ +//' "$work/relay-$(port_of "$b").log" | sort | uniq -c | sort -rn | head -20 >&2
+  done
   [ "${SOAK_STRICT:-1}" = 0 ] || exit 1
 fi

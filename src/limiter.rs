@@ -170,8 +170,8 @@ impl RedisInner {
     ) -> Result<Decision, redis::RedisError> {
         match tokio::time::timeout(REDIS_TIMEOUT, self.decide(client, limit)).await {
             Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
                 "timed out",
             ))),
         }
@@ -211,10 +211,11 @@ impl RateLimiter for RedisRateLimiter {
         if !self.inner.is_down() {
             let mut result = self.inner.decide_in_time(client, limit).await;
             // A connection that broke since its last use reconnects on the next command: try
-            // once more before falling back.
+            // once more before falling back. Not after a timeout: a Redis too slow to answer
+            // would make the request wait twice.
             if result
                 .as_ref()
-                .is_err_and(|e| e.is_io_error() || e.is_connection_dropped())
+                .is_err_and(|e| !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped()))
             {
                 result = self.inner.decide_in_time(client, limit).await;
             }

@@ -1,5 +1,6 @@
 -- Legitimate traffic for the soak: verify, relayed GETs with a key and with a token, token
--- exchanges and an admin list, in turn. Counts 5xx and other non-2xx answers.
+-- exchanges and an admin list, in turn. Counts 5xx and other non-2xx answers, and
+-- prints each kind of failed answer with its count (SOAK5XX lines).
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
@@ -17,7 +18,7 @@ function init(args)
       "grant_type=client_credentials"),
     wrk.format("GET", "/admin/clients?limit=5", { ["Authorization"] = "Bearer " .. admin }),
   }
-  n, server_errors, refused = 0, 0, 0
+  n, server_errors, refused, failures = 0, 0, 0, {}
 end
 
 function request()
@@ -25,14 +26,22 @@ function request()
   return requests[(n % #requests) + 1]
 end
 
-function response(status)
-  if status >= 500 then server_errors = server_errors + 1
-  elseif status >= 300 then refused = refused + 1 end
+function response(status, headers, body)
+  if status < 300 then return end
+  if status >= 500 then server_errors = server_errors + 1 else refused = refused + 1 end
+  -- Which answer it was (the problem's detail says what failed), to attribute it.
+  local what = status .. " " .. string.gsub(string.sub(body or "", 1, 160), "%s+", " ")
+  failures[what] = (failures[what] or 0) + 1
 end
 
 function done(summary, latency)
   local e, r = 0, 0
-  for _, t in ipairs(threads) do e = e + t:get("server_errors"); r = r + t:get("refused") end
+  local seen = {}
+  for _, t in ipairs(threads) do
+    e = e + t:get("server_errors"); r = r + t:get("refused")
+    for what, count in pairs(t:get("failures")) do seen[what] = (seen[what] or 0) + count end
+  end
+  for what, count in pairs(seen) do io.write(string.format("SOAK5XX %d %s\n", count, what)) end
   io.write(string.format("SOAK %d %d %d %.3f %.3f\n", summary.requests, e, r,
     latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end
