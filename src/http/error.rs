@@ -228,10 +228,13 @@ impl From<domain::Error> for ApiError {
             },
             E::Unavailable(source) => {
                 tracing::error!(error = %source, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is unavailable",
-                )
+                ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the database is unavailable",
+                    )
+                }
             }
             E::Internal(source) => {
                 tracing::error!(error = %source, "internal error");

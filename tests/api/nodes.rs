@@ -469,6 +469,7 @@ struct Seen {
     sent: Instant,
     answered: Instant,
     status: u16,
+    retry_after: bool,
     created: Option<String>,
 }
 
@@ -534,6 +535,7 @@ async fn mixed_traffic_rides_out_database_outages_and_readyz_tells_the_truth() {
                 };
                 let response = request.send().await.unwrap();
                 let status = response.status().as_u16();
+                let retry_after = response.headers().contains_key("retry-after");
                 let body: Value = response.json().await.unwrap_or(Value::Null);
                 let created = body["client"]["client_id"].as_str().map(String::from);
                 if kind == "verify" && status == 200 {
@@ -544,6 +546,7 @@ async fn mixed_traffic_rides_out_database_outages_and_readyz_tells_the_truth() {
                     sent,
                     answered: Instant::now(),
                     status,
+                    retry_after,
                     created,
                 });
                 i += 1;
@@ -592,6 +595,9 @@ async fn mixed_traffic_rides_out_database_outages_and_readyz_tells_the_truth() {
                 s.kind,
                 s.status
             ),
+        }
+        if s.status == 503 && s.kind != "readyz" {
+            assert!(s.retry_after, "a 503 to {} without Retry-After", s.kind);
         }
         if s.kind == "readyz" && settled_down(s) {
             assert_eq!(
