@@ -6,6 +6,12 @@
 #
 #   bench/soak.sh [MINUTES]         MINUTES=30, SAMPLE=30 (seconds), CONNECTIONS=8 (per server)
 #
+# The load is held at a steady rate inside what the machine serves (a pause of LEGIT_PAUSE_MS=2
+# and HOSTILE_PAUSE_MS=1 before each request on each connection: about 3 000 legitimate and
+# 3 000 hostile requests a second per server here); LEGIT_PAUSE_MS=0 HOSTILE_PAUSE_MS=0 turns
+# it into a saturation run, where the database and Redis, starved of CPU by the load
+# generators, answer late (503s for the database, per-node rate limits for Redis).
+#
 # Legitimate (bench/soak/legit.lua): verify, relayed GETs with a key and with a token, token
 # exchanges, an admin list. Hostile (bench/soak/hostile.lua): random and malformed keys,
 # forged tokens, a new X-Forwarded-For address from a trusted proxy on every request (the
@@ -19,6 +25,8 @@ cd "$(dirname "$0")/.."
 MINUTES="${1:-30}"
 SAMPLE="${SAMPLE:-30}"
 CONNECTIONS="${CONNECTIONS:-8}"
+LEGIT_PAUSE_MS="${LEGIT_PAUSE_MS:-2}"
+HOSTILE_PAUSE_MS="${HOSTILE_PAUSE_MS:-1}"
 PG_SERVER="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 REDIS="${BENCH_REDIS:-redis://127.0.0.1:6379}"
 export RELAY_ADMIN_TOKEN="soak-admin-token-0123456789abcdef0123456789" RUST_LOG=warn
@@ -82,8 +90,9 @@ while [ $((SECONDS - started)) -lt $((MINUTES * 60)) ]; do
     token_of[$b]=$(curl -sf "localhost:$port/v1/token" -H "X-API-Key: ${key_of[$b]}" -d grant_type=client_credentials \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
     wrk -t1 -c"$CONNECTIONS" -d"${SAMPLE}s" --latency -s bench/soak/legit.lua "http://127.0.0.1:$port" \
-      -- "${key_of[$b]}" "${token_of[$b]}" "$RELAY_ADMIN_TOKEN" >"$work/legit-$b" 2>&1 & load+=($!)
-    wrk -t1 -c4 -d"${SAMPLE}s" -s bench/soak/hostile.lua "http://127.0.0.1:$port" >"$work/hostile-$b" 2>&1 & load+=($!)
+      -- "${key_of[$b]}" "${token_of[$b]}" "$RELAY_ADMIN_TOKEN" "$LEGIT_PAUSE_MS" >"$work/legit-$b" 2>&1 & load+=($!)
+    wrk -t1 -c4 -d"${SAMPLE}s" -s bench/soak/hostile.lua "http://127.0.0.1:$port" \
+      -- "$HOSTILE_PAUSE_MS" >"$work/hostile-$b" 2>&1 & load+=($!)
     python3 bench/soak/slow_clients.py 127.0.0.1 "$port" 20 "$SAMPLE" & load+=($!)
   done
   wait "${load[@]}"

@@ -1,7 +1,7 @@
 -- Hostile traffic for the soak: random and malformed keys (new and legacy formats), forged
 -- tokens, random X-Forwarded-For from a trusted proxy (every caller a new address), oversized
--- and malformed bodies, dot segments. Every answer must be a 4xx; 5xx are counted, and
--- printed by kind with their count (SOAK5XX lines).
+-- and malformed bodies, dot segments, with a pause (args[1], ms) before each. Every answer
+-- must be a 4xx; 5xx are counted, and printed by kind with their count (SOAK5XX lines).
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
@@ -26,6 +26,7 @@ end
 
 local big = string.rep("x", 70 * 1024)
 function init(args)
+  pause = tonumber(args[1] or "0")
   math.randomseed(os.time() + math.random(1, 100000))
   n, server_errors, refused, failures = 0, 0, 0, {}
 end
@@ -58,6 +59,8 @@ function request()
     return wrk.format("GET", "/v1/chat/../admin/" .. random_text(8) .. "%2e%2e", xff)
   end
 end
+
+function delay() return pause end  -- a steady rate, as in legit.lua
 
 function response(status, headers, body)
   if status >= 500 then

@@ -1,12 +1,13 @@
 -- Legitimate traffic for the soak: verify, relayed GETs with a key and with a token, token
--- exchanges and an admin list, in turn. Counts 5xx and other non-2xx answers, and
--- prints each kind of failed answer with its count (SOAK5XX lines).
+-- exchanges and an admin list, in turn, with a pause (args[4], ms) before each. Counts 5xx
+-- and other non-2xx answers, and prints each kind of failed answer with its count (SOAK5XX).
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
 local requests = {}
 function init(args)
   local key, token, admin = args[1], args[2], args[3]
+  pause = tonumber(args[4] or "0")
   requests = {
     wrk.format("POST", "/v1/keys/verify",
       { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. admin },
@@ -25,6 +26,10 @@ function request()
   n = n + 1
   return requests[(n % #requests) + 1]
 end
+
+-- A pause before each request holds the load at a steady rate well inside what the machine
+-- can serve: a soak measures staying power, not the ceiling (bench/run.sh does that).
+function delay() return pause end
 
 function response(status, headers, body)
   if status < 300 then return end
