@@ -11,7 +11,8 @@
 //!   client administration, token exchange, signing keys, adopted legacy keys, use batching,
 //!   usage counting, credits spent from leases of each client's balance, console sessions;
 //! - `cache` keeps clients in memory and follows the change log; `limiter` keeps rate-limit
-//!   state; `metrics` counts for `/metrics`;
+//!   state; `metrics` counts for `/metrics`; `per_thread` is per-request state without a
+//!   shared lock;
 //! - `storage` is SQL only, SQLite and PostgreSQL behind one `Store` trait;
 //! - `domain` holds the rules (keys, clients, scopes, tokens, addresses, client policies,
 //!   rate-limit arithmetic) and does no I/O.
@@ -26,6 +27,7 @@ pub mod fuzzing;
 pub(crate) mod http;
 pub mod limiter;
 pub(crate) mod metrics;
+pub(crate) mod per_thread;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -57,37 +58,38 @@ impl VerifyRequest {
 }
 
 /// `{"valid": true, ...}` with the owner's settings, or `{"valid": false, "code"}`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum VerifyResponse {
-    Valid(ValidKey),
+pub enum VerifyResponse<'a> {
+    Valid(ValidKey<'a>),
     Invalid(InvalidKey),
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ValidKey {
+/// Borrowed from the cached client: the answer is written without copying it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidKey<'a> {
     /// Always true.
     pub valid: bool,
-    pub client_id: String,
-    pub name: String,
-    pub scopes: Vec<String>,
+    pub client_id: &'a str,
+    pub name: &'a str,
+    pub scopes: &'a [String],
     pub rate_limit: i64,
     pub expires_at: Option<DateTime<Utc>>,
     #[schema(value_type = Object)]
-    pub metadata: Map<String, Value>,
+    pub metadata: &'a Map<String, Value>,
     pub ratelimit: RateLimitState,
     /// Present when the client has credits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits: Option<CreditsLeft>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreditsLeft {
     /// Credits left after this use, as the answering node sees them.
     pub remaining: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RateLimitState {
     pub limit: u32,
     /// Requests that could be made right after this one.
@@ -96,13 +98,13 @@ pub struct RateLimitState {
     pub reset_seconds: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InvalidKey {
     /// Always false.
     pub valid: bool,
     /// One of `NOT_FOUND`, `DISABLED`, `EXPIRED`, `FORBIDDEN`, `RATE_LIMITED`,
     /// `USAGE_EXCEEDED`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "keys", request_body = VerifyRequest,
@@ -113,7 +115,7 @@ pub async fn verify_key(
     State(state): State<AppState>,
     caller: Authorized<VerifyScope>,
     ApiJson(req): ApiJson<VerifyRequest>,
-) -> Result<Json<VerifyResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let checks = req.checks()?;
     let verification = state
         .gate
@@ -126,25 +128,24 @@ pub async fn verify_key(
             credits_left,
         } => (client, decision, credits_left),
         Verification::Invalid(code) => {
-            return Ok(Json(VerifyResponse::Invalid(InvalidKey {
-                valid: false,
-                code: code.to_string(),
-            })));
+            let invalid = InvalidKey { valid: false, code };
+            return Ok(Json(VerifyResponse::Invalid(invalid)).into_response());
         }
     };
     Ok(Json(VerifyResponse::Valid(ValidKey {
         valid: true,
-        client_id: client.client_id.to_string(),
-        name: client.name.clone(),
-        scopes: client.scopes.clone(),
+        client_id: client.client_id.as_str(),
+        name: &client.name,
+        scopes: &client.scopes,
         rate_limit: client.rate_limit,
         expires_at: client.expires_at,
-        metadata: client.metadata.clone(),
+        metadata: &client.metadata,
         ratelimit: RateLimitState {
             limit: decision.limit,
             remaining: decision.remaining,
             reset_seconds: decision.reset_seconds,
         },
         credits: credits_left.map(|remaining| CreditsLeft { remaining }),
-    })))
+    }))
+    .into_response())
 }

@@ -285,7 +285,6 @@ impl Gate {
         peer: IpAddr,
         now: DateTime<Utc>,
     ) -> Result<Caller, Error> {
-        let blocked = self.failed_auth.blocked_for(peer, now);
         let identified = match credential {
             Some(credential) => Some(self.identify(credential, accepts, peer, now).await?),
             None => None,
@@ -303,6 +302,9 @@ impl Gate {
                     self.meter
                         .count(refusal.client.as_deref(), endpoint, refusal.outcome, now);
                 }
+                // Looked up only on failure: a good credential passes whatever its address
+                // did, and so never waits on the shared table of failures.
+                let blocked = self.failed_auth.blocked_for(peer, now);
                 self.failed_auth.record_failure(peer, now);
                 Err(match blocked {
                     Some(retry_after_seconds) => Error::RateLimited {

@@ -1,38 +1,49 @@
-//! `last_used_at` without a database write per request: uses are collected in memory and
-//! written in one batch every few seconds and at shutdown.
+//! `last_used_at` without a database write, or a shared lock, per request: uses are noted in
+//! the answering thread's own shard and written in one batch every few seconds and at
+//! shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::domain::Error;
 use crate::domain::client::ClientId;
+use crate::per_thread::PerThread;
 use crate::storage::Store;
+
+type Uses = HashMap<ClientId, DateTime<Utc>>;
 
 #[derive(Clone, Default)]
 pub struct LastUse {
-    pending: Arc<Mutex<HashMap<ClientId, DateTime<Utc>>>>,
+    pending: Arc<PerThread<Uses>>,
+}
+
+/// Keeps the later of two uses.
+fn note(uses: &mut Uses, client: &ClientId, at: DateTime<Utc>) {
+    match uses.get_mut(client) {
+        Some(last) if *last >= at => {}
+        Some(last) => *last = at,
+        None => {
+            uses.insert(client.clone(), at);
+        }
+    }
 }
 
 impl LastUse {
     pub fn record(&self, client: &ClientId, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.get_mut(client) {
-            Some(last) if *last >= at => {}
-            Some(last) => *last = at,
-            None => {
-                pending.insert(client.clone(), at);
-            }
-        }
+        self.pending.with(|uses| note(uses, client, at));
     }
 
     /// Writes what was collected; on failure keeps it for the next flush.
     pub async fn flush(&self, store: &dyn Store) -> Result<(), Error> {
-        let batch: Vec<(ClientId, DateTime<Utc>)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect()
-        };
+        let mut latest = Uses::new();
+        for shard in self.pending.take_each() {
+            for (client, at) in shard {
+                note(&mut latest, &client, at);
+            }
+        }
+        let batch: Vec<(ClientId, DateTime<Utc>)> = latest.into_iter().collect();
         if let Err(e) = store.record_last_used(&batch).await {
             for (client, at) in &batch {
                 self.record(client, *at);

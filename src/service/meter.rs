@@ -5,9 +5,7 @@
 //! bounded; what does not fit is counted as dropped (a metric and a log line), never silently.
 //! A flush that fails is kept and retried as it was, under its batch id, so it counts once.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -16,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::domain::Error;
 use crate::domain::client::{Client, ClientId};
 use crate::domain::usage::{Counters, Granularity, Outcome};
+use crate::per_thread::PerThread;
 use crate::storage::Store;
 use crate::storage::usage::{ALL_CLIENTS, UsageBatch, UsageRow};
 
@@ -50,11 +49,6 @@ struct Tally {
     counters: Counters,
 }
 
-/// Aligned to a cache line pair, so two threads' shards never share one.
-#[repr(align(128))]
-#[derive(Default)]
-struct Shard(Mutex<HashMap<Key, Tally>>);
-
 /// Counters metrics of the meter itself.
 #[derive(Clone, Default)]
 pub struct MeterMetrics {
@@ -66,7 +60,7 @@ pub struct Meter {
     enabled: bool,
     /// `verify`, `token`, then the relay routes' prefixes.
     endpoints: Vec<Box<str>>,
-    shards: Box<[Shard]>,
+    shards: PerThread<HashMap<Key, Tally>>,
     entries: AtomicUsize,
     capacity: usize,
     dropped_since_flush: AtomicU64,
@@ -76,23 +70,6 @@ pub struct Meter {
     node: String,
     batches: AtomicU64,
     metrics: MeterMetrics,
-}
-
-thread_local! {
-    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
-}
-static THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// This thread's shard number: threads take numbers in turn the first time they count.
-fn shard_number() -> usize {
-    SHARD.with(|shard| match shard.get() {
-        Some(n) => n,
-        None => {
-            let n = THREADS.fetch_add(1, Ordering::Relaxed);
-            shard.set(Some(n));
-            n
-        }
-    })
 }
 
 impl Meter {
@@ -108,14 +85,10 @@ impl Meter {
             .chain(route_prefixes)
             .map(String::into_boxed_str)
             .collect();
-        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (0..(threads * 2).clamp(4, 64))
-            .map(|_| Shard::default())
-            .collect();
         Ok(Meter {
             enabled,
             endpoints,
-            shards,
+            shards: PerThread::default(),
             entries: AtomicUsize::new(0),
             capacity,
             dropped_since_flush: AtomicU64::new(0),
@@ -155,25 +128,27 @@ impl Meter {
             endpoint,
             minute: at.timestamp().div_euclid(60),
         };
-        let shard = &self.shards[shard_number() % self.shards.len()];
-        let mut tallies = shard.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tally) = tallies.get_mut(&key) {
-            tally.counters.add(outcome, 1);
-            return;
-        }
-        if self.entries.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-            self.entries.fetch_sub(1, Ordering::Relaxed);
-            drop(tallies);
+        let counted = self.shards.with(|tallies| {
+            if let Some(tally) = tallies.get_mut(&key) {
+                tally.counters.add(outcome, 1);
+                return true;
+            }
+            if self.entries.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+                self.entries.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            tallies.insert(
+                key,
+                Tally {
+                    client_id: client.map(|c| c.client_id.clone()),
+                    counters: Counters::of(outcome),
+                },
+            );
+            true
+        });
+        if !counted {
             self.drop_count();
-            return;
         }
-        tallies.insert(
-            key,
-            Tally {
-                client_id: client.map(|c| c.client_id.clone()),
-                counters: Counters::of(outcome),
-            },
-        );
     }
 
     fn drop_count(&self) {
@@ -187,8 +162,7 @@ impl Meter {
         // Keyed by text, not by index: every node then writes in the same order whatever
         // its route table.
         let mut tables: BTreeMap<Granularity, Rows<'_>> = BTreeMap::new();
-        for shard in &self.shards {
-            let tallies = std::mem::take(&mut *shard.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for tallies in self.shards.take_each() {
             self.entries.fetch_sub(tallies.len(), Ordering::Relaxed);
             for (key, tally) in tallies {
                 let minute = DateTime::from_timestamp(key.minute * 60, 0).unwrap_or_default();
