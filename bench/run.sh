@@ -16,6 +16,7 @@
 # database, alternating ANALYTICS_PASSES times, median ratio), and on PostgreSQL a 30-day hourly
 # usage query for one client among USAGE_CLIENTS active ones (seeded by examples/seed_usage.rs).
 # Client policies: the same two with a client that has credits against one without.
+# Live clients: bench/live_clients.sh, LIVE_CLIENTS (1000000) clients all calling, against 1000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
@@ -264,6 +265,9 @@ for p in "${pids[@]:2}"; do kill "$p" 2>/dev/null || true; done
 pids=("${pids[@]:0:2}")
 [ -n "${console_pg:-}" ] && psql "$PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS $console_pg WITH (FORCE)"
 
+# 2c. Many live clients (bench/live_clients.sh: its own servers, ports 9120-9121).
+live=$(CLIENTS="${LIVE_CLIENTS:-1000000}" DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" bash bench/live_clients.sh)
+
 # 3. Micro-benchmarks.
 micro=$(cargo bench --quiet --bench hot_path 2>&1 | python3 -c '
 import sys
@@ -340,6 +344,14 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
   done
   echo
   echo "![verify latency against client count](bench/verify-latency.svg)"
+  echo
+  echo "## Live clients (SQLite)"
+  echo
+  echo "Every client calling: keys drawn uniformly at random from all of them at"
+  echo "\`POST /v1/keys/verify\`, after a warm-up presenting each once (\`bench/live_clients.sh\`);"
+  echo "ratios against the same run with 1000 clients. Startup: until \`/healthz\` answers."
+  echo
+  echo "$live"
   echo
   echo "## Console pages ($CONSOLE_CLIENTS clients)"
   echo

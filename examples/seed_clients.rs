@@ -1,8 +1,11 @@
 //! Seeds a relay database with N clients by bulk insert (not through the API), for the
-//! scaling benchmark, and prints one of their keys. Used by `bench/run.sh`.
+//! scaling benchmark, and prints one of their keys; with `KEYS_FILE` set, writes every key
+//! there, one per line (for traffic from all of them). Used by `bench/run.sh` and
+//! `bench/live_clients.sh`.
 //!
 //! cargo run --release --example seed_clients -- sqlite:///tmp/relay.db 1000000
 
+use std::io::Write;
 use std::time::Instant;
 
 use egregore_relay::domain::api_key;
@@ -21,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let now = egregore_relay::domain::now();
     let mut sample = String::new();
+    let mut keys_file = match std::env::var_os("KEYS_FILE") {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     let postgres = url.starts_with("postgres");
     let sqlite = sqlx::SqlitePool::connect(&url)
         .await
@@ -39,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
             let key = api_key::generate()?;
             if sample.is_empty() {
                 sample = key.plain.expose().to_string();
+            }
+            if let Some(file) = &mut keys_file {
+                writeln!(file, "{}", key.plain.expose())?;
             }
             let id = ClientId::generate()?.to_string();
             rows.push((id, key.hash.to_hex(), key.key_id.as_str().to_string()));
@@ -81,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
             q.build().execute(pool).await?;
         }
         done += n;
+    }
+    if let Some(file) = &mut keys_file {
+        file.flush()?;
     }
     eprintln!(
         "seeded {count} clients in {:.1} s",
