@@ -17,6 +17,7 @@
 # usage query for one client among USAGE_CLIENTS active ones (seeded by examples/seed_usage.rs).
 # Client policies: the same two with a client that has credits against one without.
 # Live clients: bench/live_clients.sh, LIVE_CLIENTS (1000000) clients all calling, against 1000.
+# Against the original: bench/legacy.sh (the original's lookup and the relay, same data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
@@ -184,6 +185,16 @@ for pair in "POST /v1/keys/verify, warm key|/v1/keys/verify|verify_credits|verif
   credits_rows+=("$(side_by_side "credits, $label" "http://127.0.0.1:9100$path" "$with" "$counting_on_pid" \
     "http://127.0.0.1:9100$path" "$without" "$counting_on_pid")")
 done
+# 1d. Cache misses on PostgreSQL against the database's own ceiling: pgbench's select-only
+# run (one prepared, indexed lookup per transaction) with as many connections as the relay's
+# pool (RELAY_DB_MAX_CONNECTIONS, 10), on the same server, right after the cold rows.
+pgbench_tps=""
+if [ -n "${pg_db:-}" ] && command -v pgbench >/dev/null; then
+  pgbench -i -q -s 10 "$PG_SERVER/$pg_db" >/dev/null 2>&1
+  pgbench_tps=$(pgbench -S -M prepared -c 10 -j 2 -T "$DURATION" "$PG_SERVER/$pg_db" 2>/dev/null \
+    | awk '/^tps/ {print $3}')
+  echo "pgbench -S: $pgbench_tps tps" >&2
+fi
 usage_query=""
 if [ -n "${pg_db:-}" ]; then
   usage_client=$(curl -sf "localhost:9104/admin/clients" -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" \
@@ -268,6 +279,14 @@ pids=("${pids[@]:0:2}")
 # 2c. Many live clients (bench/live_clients.sh: its own servers, ports 9120-9121).
 live=$(CLIENTS="${LIVE_CLIENTS:-1000000}" DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" bash bench/live_clients.sh)
 
+# 2d. Against the original service (bench/legacy.sh: PostgreSQL and the original's module).
+legacy=""
+if [ -n "${pg_db:-}" ] && [ -f "${LEGACY_DIR:-../shared/legacy}/api_keys.py" ]; then
+  legacy=$(DURATION="$DURATION" bash bench/legacy.sh)
+else
+  echo "against the original: skipped (needs PostgreSQL and LEGACY_DIR/api_keys.py)" >&2
+fi
+
 # 3. Micro-benchmarks.
 micro=$(cargo bench --quiet --bench hot_path 2>&1 | python3 -c '
 import sys
@@ -300,6 +319,13 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
     of_proxy=""; case "$label" in relay*) of_proxy=$(pct "$rps" "$proxy");; esac
     echo "| $label | $rps | $p50 | $p99 | $non | $(pct "$rps" "$ceiling") | $of_proxy |"
   done
+  if [ -n "$pgbench_tps" ]; then
+    cold_pg=$(printf '%s\n' "${rows[@]}" | awk -F'|' '$1 ~ /cold key, PostgreSQL/ {print $2}')
+    echo
+    echo "Cache misses on PostgreSQL: \`pgbench -S -M prepared -c 10 -j 2\` (select-only, as many"
+    echo "connections as the relay's pool) on the same server: $pgbench_tps transactions/s; cold"
+    echo "verify answers $(pct "$cold_pg" "$pgbench_tps") of that."
+  fi
   echo
   echo "## Usage analytics"
   echo
@@ -352,6 +378,17 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
   echo "ratios against the same run with 1000 clients. Startup: until \`/healthz\` answers."
   echo
   echo "$live"
+  if [ -n "$legacy" ]; then
+    echo
+    echo "## Against the original service (PostgreSQL)"
+    echo
+    echo "The original's key lookup (\`get_client_by_api_key\` of its \`api_keys.py\`, behind a"
+    echo "minimal FastAPI app on uvicorn, \`bench/legacy/app.py\`; wrk -c4) and the relay's verify"
+    echo "(wrk -c$CONNECTIONS) on the same database of the original's clients, keys drawn at random,"
+    echo "the relay after each key's first use (\`bench/legacy.sh\`)."
+    echo
+    echo "$legacy"
+  fi
   echo
   echo "## Console pages ($CONSOLE_CLIENTS clients)"
   echo
