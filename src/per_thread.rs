@@ -58,3 +58,29 @@ impl<T: Default> PerThread<T> {
             .map(|shard| std::mem::take(&mut *shard.0.lock().unwrap_or_else(|e| e.into_inner())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn what_every_thread_writes_is_taken_once() {
+        let counts = Arc::new(PerThread::<u64>::default());
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let counts = counts.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counts.with(|n| *n += 1);
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(counts.take_each().sum::<u64>(), 8000);
+        assert_eq!(counts.take_each().sum::<u64>(), 0, "taken means emptied");
+    }
+}
