@@ -2,8 +2,8 @@
 -- tokens, random X-Forwarded-For from a trusted proxy (every caller a new address), oversized
 -- and malformed bodies, dot segments, with a pause (args[1], ms) before each. Every answer
 -- must be a 4xx; 5xx are counted, and printed by kind with their count (SOAK5XX lines).
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
+refused_from, listed_from = 400, 500
+dofile("bench/soak/tally.lua")
 
 local alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 local function random_text(len)
@@ -28,7 +28,8 @@ local big = string.rep("x", 70 * 1024)
 function init(args)
   pause = tonumber(args[1] or "0")
   math.randomseed(os.time() + math.random(1, 100000))
-  n, server_errors, refused, failures = 0, 0, 0, {}
+  n = 0
+  reset_tally()
 end
 
 function request()
@@ -58,27 +59,4 @@ function request()
   else
     return wrk.format("GET", "/v1/chat/../admin/" .. random_text(8) .. "%2e%2e", xff)
   end
-end
-
-function delay() return pause end  -- a steady rate, as in legit.lua
-
-function response(status, headers, body)
-  if status >= 500 then
-    server_errors = server_errors + 1
-    -- Which answer it was (the problem's detail says what failed), to attribute it.
-    local what = status .. " " .. string.gsub(string.sub(body or "", 1, 160), "%s+", " ")
-    failures[what] = (failures[what] or 0) + 1
-  elseif status >= 400 then refused = refused + 1 end
-end
-
-function done(summary, latency)
-  local e, r = 0, 0
-  local seen = {}
-  for _, t in ipairs(threads) do
-    e = e + t:get("server_errors"); r = r + t:get("refused")
-    for what, count in pairs(t:get("failures")) do seen[what] = (seen[what] or 0) + count end
-  end
-  for what, count in pairs(seen) do io.write(string.format("SOAK5XX %d %s\n", count, what)) end
-  io.write(string.format("SOAK %d %d %d %.3f %.3f\n", summary.requests, e, r,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end
