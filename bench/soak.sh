@@ -2,7 +2,8 @@
 # The soak: legitimate and hostile traffic at once for MINUTES against `relay serve` on SQLite
 # and on PostgreSQL + Redis (both at the same time, from one machine), sampling every SAMPLE
 # seconds each server's RSS and open descriptors, the legitimate traffic's p50/p99 and every
-# 5xx. Prints a Markdown table and writes bench/soak.svg (memory and p99 over time).
+# 5xx. Prints a Markdown table and writes a plot of memory and p99 over time to PLOT
+# (target/soak/soak.svg; RELIABILITY.md's is made with PLOT=bench/soak.svg).
 #
 #   bench/soak.sh [MINUTES]         MINUTES=30, SAMPLE=30 (seconds), CONNECTIONS=8 (per server)
 #
@@ -114,7 +115,7 @@ for b in "${backends[@]}"; do
   curl -sf "localhost:$(port_of "$b")/metrics" >"target/soak/metrics-$b.txt" || true
   cp "$work/relay-$(port_of "$b").log" "target/soak/relay-$b.log"
 done
-python3 bench/soak/plot.py bench/soak.svg < "$samples"
+python3 bench/soak/plot.py "${PLOT:-target/soak/soak.svg}" < "$samples"
 echo "| backend | minute | server RSS (MB) | open descriptors | legitimate requests | p50 (ms) | p99 (ms) | legitimate refused | hostile requests | 5xx |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 awk '{printf "| %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2 / 60, $3, $4, $5, $6, $7, $8, $9, $10}' "$samples"
