@@ -28,7 +28,8 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Largest number of pooled database connections.
+    /// Largest number of pooled database connections (on PostgreSQL, as many again are
+    /// opened for the lookups of cache misses).
     #[arg(
         long,
         env = "RELAY_DB_MAX_CONNECTIONS",

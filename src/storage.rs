@@ -8,7 +8,10 @@ mod postgres;
 mod sqlite;
 pub mod usage;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -183,6 +186,27 @@ pub trait Store:
         forget_retired_before: DateTime<Utc>,
         audit: &NewAuditEvent,
     ) -> Result<(), Error>;
+}
+
+/// How long a pooled connection may sit idle before it is pinged on its way out of the pool.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
+/// The pools' check before handing out a connection: a ping only after it sat idle a while.
+/// sqlx pings on every acquire by default, and again on every release; a connection in
+/// steady use has just answered that release ping, so pinging it again would only add a
+/// round trip to each query (on PostgreSQL, one cache miss cost three instead of two).
+/// A connection that died since answers its next query with an error: a 503 to that one
+/// request, and the release ping then drops it.
+fn ping_if_idle<C: sqlx::Connection>(
+    connection: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Pin<Box<dyn Future<Output = Result<bool, sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        if meta.idle_for >= IDLE_BEFORE_PING {
+            connection.ping().await?;
+        }
+        Ok(true)
+    })
 }
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) and applies the migrations.

@@ -4,15 +4,17 @@
 
 mod console;
 mod credits;
+mod lanes;
 mod usage;
 
 use std::collections::HashSet;
+use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -38,6 +40,8 @@ const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, COALESCE(name, '') AS
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// For the one-row reads of a cache miss: one round trip each.
+    lookups: lanes::Lanes,
     /// Usage partitions known to exist (see `usage`), so a flush issues no DDL check.
     partitions: Mutex<HashSet<String>>,
 }
@@ -46,21 +50,24 @@ impl PostgresStore {
     /// The one client matching `condition` on its one parameter `$1`.
     async fn fetch_client(&self, condition: &str, value: &str) -> Result<Option<Client>, Error> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE {condition}");
-        let row: Option<ClientRow> = sqlx::query_as(&sql)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<ClientRow> = self.lookups.fetch_optional(&sql, value).await?;
         Ok(row.map(ClientRow::into_client))
     }
 
+    /// A pool of `max_connections`, and as many lanes for lookups (opened as used).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+        let options = PgConnectOptions::from_str(url)?;
+        let acquire_timeout = Duration::from_secs(5);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .test_before_acquire(false)
+            .before_acquire(super::ping_if_idle)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.clone())
             .await?;
         Ok(PostgresStore {
             pool,
+            lookups: lanes::Lanes::new(options, max_connections as usize, acquire_timeout),
             partitions: Mutex::default(),
         })
     }

@@ -59,6 +59,8 @@ impl SqliteStore {
             .pragma("mmap_size", "4294967296");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(false)
+            .before_acquire(super::ping_if_idle)
             .connect_with(options)
             .await?;
         Ok(SqliteStore { pool })

@@ -3,10 +3,11 @@
 //! node rides out a short database outage. PostgreSQL only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::binary::Server;
 use crate::support::{ADMIN_TOKEN, TestDb};
@@ -344,6 +345,8 @@ struct Outage {
     port: u16,
     down: Arc<AtomicBool>,
     cut: Arc<tokio::sync::Notify>,
+    /// Reads from the node's side: one per message batch the node flushes to PostgreSQL.
+    writes: Arc<AtomicUsize>,
 }
 
 impl Outage {
@@ -352,7 +355,8 @@ impl Outage {
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (down2, cut2) = (down.clone(), cut.clone());
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (down2, cut2, writes2) = (down.clone(), cut.clone(), writes.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -361,20 +365,41 @@ impl Outage {
                 if down2.load(Ordering::SeqCst) {
                     continue; // dropped: connection refused in effect
                 }
-                let target = target.clone();
-                let cut = cut2.clone();
+                let (target, cut, writes) = (target.clone(), cut2.clone(), writes2.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (mut node_side, mut to_node) = inbound.split();
+                    let (mut from_db, mut db_side) = outbound.split();
+                    let upward = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            match node_side.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    writes.fetch_add(1, Ordering::SeqCst);
+                                    if db_side.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = upward => {}
+                        _ = tokio::io::copy(&mut from_db, &mut to_node) => {}
                         _ = cut.notified() => {}
                     }
                 });
             }
         });
-        Outage { port, down, cut }
+        Outage {
+            port,
+            down,
+            cut,
+            writes,
+        }
     }
 
     fn cut(&self) {
@@ -384,6 +409,10 @@ impl Outage {
 
     fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
     }
 }
 
@@ -461,6 +490,51 @@ async fn a_node_rides_out_a_database_outage_and_recovers_by_itself() {
     })
     .await;
     assert!(recovered, "the node did not recover by itself");
+    // Cache misses are read again: the connections that failed in the outage were replaced.
+    for _ in 0..4 {
+        let fresh = node.post("/admin/clients", json!({"name": "fresh"})).await;
+        let key = fresh["api_key"].as_str().unwrap();
+        assert_eq!(node.verify(key).await["valid"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_miss_costs_one_round_trip_to_postgresql() {
+    if postgres_db_url().is_none() {
+        return;
+    }
+    let db = TestDb::new().await;
+    let (counter, url) = behind_an_outage(&db).await;
+    let node = Node::start(
+        &db,
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("RELAY_CACHE_TTL", "0"),
+            ("RELAY_DB_MAX_CONNECTIONS", "2"),
+        ],
+    );
+    let created = node
+        .post(
+            "/admin/clients",
+            json!({"name": "c", "rate_limit": 1000000}),
+        )
+        .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    for _ in 0..4 {
+        // Connections opened, the lookup prepared on each.
+        assert_eq!(node.verify(&key).await["valid"], true);
+    }
+    let before = counter.writes();
+    for _ in 0..100 {
+        assert_eq!(node.verify(&key).await["valid"], true);
+    }
+    // One write per lookup, and a few from background tasks (the change log's poll); a ping
+    // before or after each lookup would make it two or three.
+    let writes = counter.writes() - before;
+    assert!(
+        (100..130).contains(&writes),
+        "{writes} writes to PostgreSQL for 100 cache misses"
+    );
 }
 
 /// One request of the mixed traffic, and what came of it.
