@@ -122,7 +122,6 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let background = Background {
         store: store.clone(),
-        feed,
         signing_keys,
         keyring,
         cache,
@@ -133,7 +132,7 @@ pub async fn serve(
         limiter,
         failed_auth,
     };
-    let background = tokio::spawn(background.run(stopped));
+    let background = tokio::spawn(background.run(feed, stopped));
 
     let app = crate::http::router(state);
     tracing::info!(address = %listener.local_addr()?, "listening");
@@ -160,7 +159,6 @@ pub async fn serve(
 /// sweep limiter and cache state, keep usage storage ready and within its retention.
 struct Background {
     store: Arc<dyn Store>,
-    feed: ChangeFeed,
     signing_keys: Arc<SigningKeys>,
     keyring: Arc<KeyRing>,
     cache: ClientCache,
@@ -188,53 +186,76 @@ impl Background {
         }
     }
 
-    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    /// Three loops side by side, so a long write (a flush after a burst from many clients)
+    /// never holds back following the change log, whose promise is a second.
+    async fn run(self, feed: ChangeFeed, stopped: watch::Receiver<bool>) {
+        tokio::join!(
+            self.follow(feed, stopped.clone()),
+            self.write_uses(stopped.clone()),
+            self.sweep(stopped),
+        );
+    }
+
+    async fn follow(&self, mut feed: ChangeFeed, mut stopped: watch::Receiver<bool>) {
         let mut poll = tokio::time::interval(CHANGE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = poll.tick() => {}
+            }
+            if let Err(e) = feed.poll().await {
+                tracing::warn!(error = %e, "could not read the change log");
+            }
+            let now = crate::domain::now();
+            if let Err(e) = self.signing_keys.load_into(&self.keyring, now).await {
+                tracing::warn!(error = %e, "could not reload the signing keys");
+            }
+            if let Err(e) = self.credits.give_back(now, Some(IDLE_GIVE_BACK)).await {
+                tracing::warn!(error = %e, "could not give back idle credit leases; kept for the next try");
+            }
+        }
+    }
+
+    async fn write_uses(&self, mut stopped: watch::Receiver<bool>) {
         // The first flush waits a whole interval: an immediate first tick, delayed by a busy
         // start, could write the first uses at an arbitrary moment instead of on the schedule.
         let first_flush = tokio::time::Instant::now() + self.flush_interval;
         let mut flush = tokio::time::interval_at(first_flush, self.flush_interval);
-        let mut sweep = tokio::time::interval(SWEEP);
-        for timer in [&mut poll, &mut flush, &mut sweep] {
-            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stopped.changed() => return,
-                _ = poll.tick() => {
-                    if let Err(e) = self.feed.poll().await {
-                        tracing::warn!(error = %e, "could not read the change log");
-                    }
-                    let now = crate::domain::now();
-                    if let Err(e) = self.signing_keys.load_into(&self.keyring, now).await {
-                        tracing::warn!(error = %e, "could not reload the signing keys");
-                    }
-                    if let Err(e) = self.credits.give_back(now, Some(IDLE_GIVE_BACK)).await {
-                        tracing::warn!(error = %e, "could not give back idle credit leases; kept for the next try");
-                    }
-                }
-                _ = flush.tick() => {
-                    if let Err(e) = self.last_used.flush(self.store.as_ref()).await {
-                        tracing::warn!(error = %e, "could not record last use");
-                    }
-                    let now = crate::domain::now();
-                    if let Err(e) = self.meter.flush(self.store.as_ref(), now).await {
-                        tracing::warn!(error = %e, "could not write the usage counts; kept for the next flush");
-                    }
-                }
-                _ = sweep.tick() => {
-                    let now = crate::domain::now();
-                    self.limiter.sweep(now);
-                    self.failed_auth.sweep(now);
-                    self.cache.prune();
-                    if let Err(e) = self.store.prune_changes(now - CHANGE_RETENTION).await {
-                        tracing::warn!(error = %e, "could not prune the change log");
-                    }
-                    self.maintain_usage(now).await;
-                    if let Err(e) = self.store.prune_sessions(now).await {
-                        tracing::warn!(error = %e, "could not prune ended console sessions");
-                    }
-                }
+                _ = flush.tick() => {}
+            }
+            if let Err(e) = self.last_used.flush(self.store.as_ref()).await {
+                tracing::warn!(error = %e, "could not record last use");
+            }
+            let now = crate::domain::now();
+            if let Err(e) = self.meter.flush(self.store.as_ref(), now).await {
+                tracing::warn!(error = %e, "could not write the usage counts; kept for the next flush");
+            }
+        }
+    }
+
+    async fn sweep(&self, mut stopped: watch::Receiver<bool>) {
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = sweep.tick() => {}
+            }
+            let now = crate::domain::now();
+            self.limiter.sweep(now);
+            self.failed_auth.sweep(now);
+            self.cache.prune();
+            if let Err(e) = self.store.prune_changes(now - CHANGE_RETENTION).await {
+                tracing::warn!(error = %e, "could not prune the change log");
+            }
+            self.maintain_usage(now).await;
+            if let Err(e) = self.store.prune_sessions(now).await {
+                tracing::warn!(error = %e, "could not prune ended console sessions");
             }
         }
     }

@@ -229,7 +229,17 @@ impl Meter {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let written = self.write(store, &batch).await;
+        tracing::debug!(
+            rows = batch
+                .tables
+                .iter()
+                .map(|(_, rows)| rows.len())
+                .sum::<usize>(),
+            seconds = started.elapsed().as_secs_f64(),
+            "usage batch written"
+        );
         if written.is_err() {
             *pending = Some(batch);
         }

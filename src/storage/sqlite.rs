@@ -71,6 +71,19 @@ impl SqliteStore {
     }
 }
 
+/// Rows written per statement by batch writes (usage counts, last uses): each statement is a
+/// round trip to the connection's thread, and a flush may carry a row for each of a million
+/// clients. At most 11 parameters a row, far below SQLite's limit of 32 766.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `VALUES (?, ..., ?), (?, ...)`: `rows` rows of `width` parameters. Anonymous parameters
+/// bind by position; numbered ones (`$12`) would cost SQLite a search of every name per
+/// parameter bound.
+fn values_for(rows: usize, width: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(", "));
+    format!("VALUES {}", vec![row; rows].join(", "))
+}
+
 #[derive(sqlx::FromRow)]
 struct ClientRow {
     id: i64,
@@ -358,15 +371,18 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE api_clients SET last_used_at = max(coalesce(last_used_at, $2), $2) \
-                 WHERE client_id = $1",
-            )
-            .bind(id.as_str())
-            .bind(micros(*at))
-            .execute(&mut *tx)
-            .await?;
+        for chunk in uses.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE api_clients SET last_used_at = \
+                 max(coalesce(api_clients.last_used_at, u.column2), u.column2) \
+                 FROM ({}) AS u WHERE api_clients.client_id = u.column1",
+                values_for(chunk.len(), 2)
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, at) in chunk {
+                query = query.bind(id.as_str()).bind(micros(*at));
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -252,6 +252,30 @@ async fn last_used_never_moves_backwards() {
 }
 
 #[tokio::test]
+async fn last_uses_of_more_clients_than_one_statement_holds_are_all_written() {
+    let db = TestDb::new().await;
+    let store = db.open().await;
+    let mut clients = Vec::new();
+    for i in 0..1201 {
+        clients.push(insert(store.as_ref(), &format!("lu{i}"), &[]).await.0);
+    }
+    // Each client its own time, so a time written to the wrong client would show.
+    let base = now() - Duration::hours(1);
+    let at = |i: usize| base + Duration::seconds(i as i64);
+    let mut uses: Vec<(ClientId, _)> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.client_id.clone(), at(i)))
+        .collect();
+    uses.push((ClientId::new("client_gone"), base));
+    store.record_last_used(&uses).await.unwrap();
+    for (i, c) in clients.iter().enumerate() {
+        let read = store.client(&c.client_id).await.unwrap().unwrap();
+        assert_eq!(read.last_used_at, Some(at(i)), "{}", c.name);
+    }
+}
+
+#[tokio::test]
 async fn admin_presence_counts_only_enabled_admin_clients() {
     let db = TestDb::new().await;
     let store = db.open().await;

@@ -661,6 +661,51 @@ async fn retention_forgets_old_buckets_by_the_clock_it_is_given_and_keeps_the_re
     assert!(store.record_usage(&batch).await.unwrap());
 }
 
+#[tokio::test]
+async fn a_batch_from_more_clients_than_one_statement_holds_is_written_whole() {
+    let db = TestDb::new().await;
+    let store = db.open().await;
+    let at: DateTime<Utc> = "2026-06-15T12:00:30Z".parse().unwrap();
+    let minute = Granularity::Minute.floor(at);
+    // Each client its own count, so a row bound to the wrong client would show.
+    let ids: Vec<String> = (0..1201).map(|i| format!("client_many_{i:05}")).collect();
+    let rows = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut counters = Counters::default();
+            counters.add(Outcome::Allowed, i as u64 + 1);
+            counters.add(Outcome::Invalid, 2);
+            UsageRow {
+                client_id: id.clone(),
+                bucket: minute,
+                endpoint: "verify".into(),
+                counters,
+            }
+        })
+        .collect();
+    let batch = UsageBatch {
+        id: random_hex(8),
+        at: Utc::now(),
+        tables: vec![(Granularity::Minute, rows)],
+    };
+    assert!(store.record_usage(&batch).await.unwrap());
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let range = egregore_relay::domain::usage::BucketRange {
+        start: minute,
+        end: minute + chrono::Duration::minutes(1),
+        granularity: Granularity::Minute,
+    };
+    let mut read = store.usage_series_of_clients(&names, range).await.unwrap();
+    read.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(read.len(), ids.len());
+    for (i, (client, bucket, counters)) in read.iter().enumerate() {
+        assert_eq!((client, *bucket), (&ids[i], minute));
+        assert_eq!(counters.get(Outcome::Allowed), i as u64 + 1, "{client}");
+        assert_eq!(counters.get(Outcome::Invalid), 2, "{client}");
+    }
+}
+
 /// Makes the database refuse the relay's connections (PostgreSQL) or its writes (SQLite)
 /// until the returned guard is released.
 enum Outage {

@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{SqliteStore, micros, time};
+use super::{ROWS_PER_STATEMENT, SqliteStore, micros, time, values_for};
 use crate::domain::usage::{BucketRange, Counters, Granularity};
 use crate::storage::Error;
 use crate::storage::usage::{
-    ALL_CLIENTS, CLAIM_BATCH, ClientUsage, Dialect, SeriesQuery, TopQuery, UsageBatch, UsageStore,
-    client_usage, column_value, read_counters, series_of_clients_sql, series_sql, table,
-    top_clients_sql, upsert_sql,
+    ALL_CLIENTS, CLAIM_BATCH, COUNTER_COLUMNS, ClientUsage, Dialect, SeriesQuery, TopQuery,
+    UsageBatch, UsageStore, client_usage, column_value, read_counters, series_of_clients_sql,
+    series_sql, table, top_clients_sql, upsert_sql,
 };
 
 const DIALECT: Dialect = Dialect {
@@ -37,17 +37,20 @@ impl UsageStore for SqliteStore {
             return Ok(false);
         }
         for (granularity, rows) in &batch.tables {
-            let sql = upsert_sql(
-                *granularity,
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            );
-            for row in rows {
-                let mut query = sqlx::query(&sql)
-                    .bind(row.client_id.as_str())
-                    .bind(micros(row.bucket))
-                    .bind(row.endpoint.as_str());
-                for n in row.counters.0 {
-                    query = query.bind(column_value(n));
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let sql = upsert_sql(
+                    *granularity,
+                    &values_for(chunk.len(), 3 + COUNTER_COLUMNS.len()),
+                );
+                let mut query = sqlx::query(&sql);
+                for row in chunk {
+                    query = query
+                        .bind(row.client_id.as_str())
+                        .bind(micros(row.bucket))
+                        .bind(row.endpoint.as_str());
+                    for n in row.counters.0 {
+                        query = query.bind(column_value(n));
+                    }
                 }
                 query.execute(&mut *tx).await?;
             }
