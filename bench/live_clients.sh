@@ -2,8 +2,9 @@
 # Many live clients: CLIENTS clients in a SQLite database, every key presented, drawn
 # uniformly at random, at POST /v1/keys/verify, after a warm-up that presents each key once.
 # Compared with the same test with BASELINE clients: throughput and p99 ratios, the server's
-# RSS with every client cached, its startup time with CLIENTS clients in the database, and
-# the share of cache hits with the default cache (100 000 keys, 30 s).
+# RSS with every client cached (and the same with usage analytics off), its startup time with
+# CLIENTS clients in the database, and the share of cache hits with the default cache
+# (100 000 keys, 30 s).
 #
 #   bench/live_clients.sh       CLIENTS=1000000 BASELINE=1000 DURATION=10 CONNECTIONS=64
 #
@@ -48,21 +49,28 @@ run() {  # port keys mode seconds -> "rps p50 p99 non2xx"
 # page cache, shared, and given back under pressure).
 rss() { awk '/RssAnon/ {a = $2} /RssFile/ {f = $2} END {printf "%.0f MB + %.0f MB", a / 1024, f / 1024}' "/proc/$1/status"; }
 
-rows=()
-for n in "$BASELINE" "$CLIENTS"; do
-  KEYS_FILE="$work/keys-$n" target/release/examples/seed_clients "sqlite://$work/live-$n.db" "$n" >/dev/null
-  # Every key cached: room for all, and entries that outlive the run (the change log still
-  # evicts a changed client within a second).
-  serve 9120 "sqlite://$work/live-$n.db" RELAY_CACHE_CAPACITY=$((n + n / 10 + 1000)) RELAY_CACHE_TTL=3600
-  pid=${pids[-1]}
+# Every key cached: room for all, and entries that outlive the run (the change log still
+# evicts a changed client within a second). Appends a row; `label` names the case.
+all_cached() {  # clients label [VAR=value...]
+  local n=$1 label=$2; shift 2
+  serve 9120 "sqlite://$work/live-$n.db" RELAY_CACHE_CAPACITY=$((n + n / 10 + 1000)) RELAY_CACHE_TTL=3600 "$@"
+  local pid=${pids[-1]} misses rps p50 p99 bad
   run 9120 "$work/keys-$n" walk $((n / 20000 + 5)) >/dev/null
   misses=$(metric 9120 relay_key_cache_misses_total)
   read -r rps p50 p99 bad <<<"$(run 9120 "$work/keys-$n" random "$DURATION")"
   misses=$(python3 -c "print($(metric 9120 relay_key_cache_misses_total) - $misses)")
-  rows+=("$n|every key cached|$rps|$p50|$p99|$bad|$(rss "$pid")|$startup")
-  echo "$n clients, all cached: $rps req/s p99 $p99, memory $(rss "$pid"), startup $startup s, misses while measured $misses" >&2
+  rows+=("$n|$label|$rps|$p50|$p99|$bad|$(rss "$pid")|$startup")
+  echo "$n clients, $label: $rps req/s p99 $p99, memory $(rss "$pid"), startup $startup s, misses while measured $misses" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+rows=()
+for n in "$BASELINE" "$CLIENTS"; do
+  KEYS_FILE="$work/keys-$n" target/release/examples/seed_clients "sqlite://$work/live-$n.db" "$n" >/dev/null
+  all_cached "$n" "every key cached"
 done
+# What usage analytics costs here: a counter, and rows written, for nearly every request.
+all_cached "$CLIENTS" "every key cached, usage analytics off" RELAY_USAGE_ANALYTICS=false
 # The default cache (100 000 keys for 30 s) under the same traffic from CLIENTS clients.
 serve 9121 "sqlite://$work/live-$CLIENTS.db"
 pid=${pids[-1]}
