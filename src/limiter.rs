@@ -248,13 +248,13 @@ impl RateLimiter for RedisRateLimiter {
 /// GCRA theoretical arrival times, one per key, behind one lock held for a few nanoseconds
 /// (never across an await), which is what makes concurrent decisions exact.
 struct Buckets<K> {
-    tats: Mutex<HashMap<K, i64>>,
+    tats: Mutex<HashMap<K, i64, foldhash::fast::RandomState>>,
 }
 
 impl<K> Default for Buckets<K> {
     fn default() -> Self {
         Buckets {
-            tats: Mutex::new(HashMap::new()),
+            tats: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -262,7 +262,15 @@ impl<K> Default for Buckets<K> {
 impl<K: Hash + Eq + Clone> Buckets<K> {
     fn acquire(&self, key: &K, limit: u32, now: i64) -> Decision {
         let mut tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
-        let (decision, tat) = rate_limit::decide(limit, tats.get(key).copied(), now);
+        // One lookup for a key seen before; the key is cloned only for a new bucket.
+        if let Some(stored) = tats.get_mut(key) {
+            let (decision, tat) = rate_limit::decide(limit, Some(*stored), now);
+            if decision.allowed {
+                *stored = tat;
+            }
+            return decision;
+        }
+        let (decision, tat) = rate_limit::decide(limit, None, now);
         if decision.allowed {
             tats.insert(key.clone(), tat);
         }

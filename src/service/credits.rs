@@ -63,7 +63,7 @@ type Entry = Arc<tokio::sync::Mutex<Lease>>;
 pub struct CreditLeases {
     store: Arc<dyn Store>,
     /// By client row id; sharded so that clients' requests do not meet on one lock.
-    shards: Box<[Mutex<HashMap<i64, Entry>>]>,
+    shards: Box<[Mutex<HashMap<i64, Entry, foldhash::fast::RandomState>>]>,
 }
 
 /// How many credits to lease when `balance` is left: an eighth, so that a few nodes share
@@ -78,7 +78,7 @@ impl CreditLeases {
         CreditLeases { store, shards }
     }
 
-    fn shard(&self, row_id: i64) -> &Mutex<HashMap<i64, Entry>> {
+    fn shard(&self, row_id: i64) -> &Mutex<HashMap<i64, Entry, foldhash::fast::RandomState>> {
         let n = usize::try_from(row_id.rem_euclid(64)).unwrap_or(0);
         &self.shards[n % self.shards.len()]
     }

@@ -12,7 +12,7 @@ use crate::domain::client::ClientId;
 use crate::per_thread::PerThread;
 use crate::storage::Store;
 
-type Uses = HashMap<ClientId, DateTime<Utc>>;
+type Uses = HashMap<ClientId, DateTime<Utc>, foldhash::fast::RandomState>;
 
 #[derive(Clone, Default)]
 pub struct LastUse {
@@ -37,7 +37,7 @@ impl LastUse {
 
     /// Writes what was collected; on failure keeps it for the next flush.
     pub async fn flush(&self, store: &dyn Store) -> Result<(), Error> {
-        let mut latest = Uses::new();
+        let mut latest = Uses::default();
         for shard in self.pending.take_each() {
             for (client, at) in shard {
                 note(&mut latest, &client, at);

@@ -60,7 +60,7 @@ pub struct Meter {
     enabled: bool,
     /// `verify`, `token`, then the relay routes' prefixes.
     endpoints: Vec<Box<str>>,
-    shards: PerThread<HashMap<Key, Tally>>,
+    shards: PerThread<HashMap<Key, Tally, foldhash::fast::RandomState>>,
     entries: AtomicUsize,
     capacity: usize,
     dropped_since_flush: AtomicU64,
