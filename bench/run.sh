@@ -188,12 +188,18 @@ done
 # 1d. Cache misses on PostgreSQL against the database's own ceiling: pgbench's select-only
 # run (one prepared, indexed lookup per transaction) with as many connections as the relay's
 # pool (RELAY_DB_MAX_CONNECTIONS, 10), on the same server, right after the cold rows.
-pgbench_tps=""
+pgbench_tps=""; pgbench_lookup_tps=""
 if [ -n "${pg_db:-}" ] && command -v pgbench >/dev/null; then
   pgbench -i -q -s 10 "$PG_SERVER/$pg_db" >/dev/null 2>&1
   pgbench_tps=$(pgbench -S -M prepared -c 10 -j 2 -T "$DURATION" "$PG_SERVER/$pg_db" 2>/dev/null \
     | awk '/^tps/ {print $3}')
   echo "pgbench -S: $pgbench_tps tps" >&2
+  # The relay's own lookup, run by pgbench: every column of one client by key id.
+  cold_key_id=$(psql "$PG_SERVER/$pg_db" -qAtc "SELECT key_id FROM api_clients WHERE name = 'pg-cold'")
+  echo "SELECT * FROM api_clients WHERE key_id = '$cold_key_id' OR prev_key_id = '$cold_key_id';" >"$work/lookup.sql"
+  pgbench_lookup_tps=$(pgbench -n -f "$work/lookup.sql" -M prepared -c 10 -j 2 -T "$DURATION" "$PG_SERVER/$pg_db" 2>/dev/null \
+    | awk '/^tps/ {print $3}')
+  echo "pgbench, the relay's lookup: $pgbench_lookup_tps tps" >&2
 fi
 usage_query=""
 if [ -n "${pg_db:-}" ]; then
@@ -324,7 +330,9 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
     echo
     echo "Cache misses on PostgreSQL: \`pgbench -S -M prepared -c 10 -j 2\` (select-only, as many"
     echo "connections as the relay's pool) on the same server: $pgbench_tps transactions/s; cold"
-    echo "verify answers $(pct "$cold_pg" "$pgbench_tps") of that."
+    echo "verify answers $(pct "$cold_pg" "$pgbench_tps") of that. The same pgbench running the relay's own"
+    echo "lookup (\`SELECT *\` of one client by key id): $pgbench_lookup_tps transactions/s; cold verify"
+    echo "answers $(pct "$cold_pg" "$pgbench_lookup_tps") of that."
   fi
   echo
   echo "## Usage analytics"
