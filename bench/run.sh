@@ -384,6 +384,8 @@ pct() { python3 -c "print(f'{$1/$2:.0%}')"; }
   echo "Every client calling: keys drawn uniformly at random from all of them at"
   echo "\`POST /v1/keys/verify\`, after a warm-up presenting each once (\`bench/live_clients.sh\`);"
   echo "ratios against the same run with 1000 clients. Startup: until \`/healthz\` answers."
+  echo "Uses not counted: uses the usage counters in memory could not hold because writing"
+  echo "them fell behind (the server's \`relay_usage_counts_dropped_total\`)."
   echo
   echo "$live"
   if [ -n "$legacy" ]; then
