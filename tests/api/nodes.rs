@@ -416,8 +416,9 @@ impl Outage {
     }
 }
 
-/// A forwarder in front of `db`'s PostgreSQL, and the database URL through it.
-async fn behind_an_outage(db: &TestDb) -> (Outage, String) {
+/// A node reaching `db`'s PostgreSQL through a forwarder the test can cut, with `extra`
+/// settings, and a client of its own (no rate limit to speak of) with its key.
+async fn node_behind_a_forwarder(db: &TestDb, extra: &[(&str, &str)]) -> (Outage, Node, String) {
     let (host_port, rest) = {
         let after_at = db.url.split_once('@').unwrap().1;
         let (hp, rest) = after_at.split_once('/').unwrap();
@@ -429,7 +430,17 @@ async fn behind_an_outage(db: &TestDb) -> (Outage, String) {
         &format!("@127.0.0.1:{}/", outage.port),
     );
     assert!(url.ends_with(&rest));
-    (outage, url)
+    let mut envs = vec![("DATABASE_URL", url.as_str())];
+    envs.extend_from_slice(extra);
+    let node = Node::start(db, &envs);
+    let created = node
+        .post(
+            "/admin/clients",
+            json!({"name": "cached", "rate_limit": 1000000}),
+        )
+        .await;
+    let key = created["api_key"].as_str().unwrap().to_string();
+    (outage, node, key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,22 +449,8 @@ async fn a_node_rides_out_a_database_outage_and_recovers_by_itself() {
         return;
     }
     let db = TestDb::new().await;
-    // The node reaches PostgreSQL through a forwarder the test can cut.
-    let (outage, url) = behind_an_outage(&db).await;
-    let node = Node::start(
-        &db,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("RELAY_DB_MAX_CONNECTIONS", "2"),
-        ],
-    );
-    let created = node
-        .post(
-            "/admin/clients",
-            json!({"name": "cached", "rate_limit": 1000000}),
-        )
-        .await;
-    let key = created["api_key"].as_str().unwrap().to_string();
+    let (outage, node, key) =
+        node_behind_a_forwarder(&db, &[("RELAY_DB_MAX_CONNECTIONS", "2")]).await;
     assert_eq!(node.verify(&key).await["valid"], true);
 
     outage.cut();
@@ -504,33 +501,22 @@ async fn a_cache_miss_costs_one_round_trip_to_postgresql() {
         return;
     }
     let db = TestDb::new().await;
-    let (counter, url) = behind_an_outage(&db).await;
-    let node = Node::start(
+    let (forwarder, node, key) = node_behind_a_forwarder(
         &db,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("RELAY_CACHE_TTL", "0"),
-            ("RELAY_DB_MAX_CONNECTIONS", "2"),
-        ],
-    );
-    let created = node
-        .post(
-            "/admin/clients",
-            json!({"name": "c", "rate_limit": 1000000}),
-        )
-        .await;
-    let key = created["api_key"].as_str().unwrap().to_string();
+        &[("RELAY_CACHE_TTL", "0"), ("RELAY_DB_MAX_CONNECTIONS", "2")],
+    )
+    .await;
     for _ in 0..4 {
         // Connections opened, the lookup prepared on each.
         assert_eq!(node.verify(&key).await["valid"], true);
     }
-    let before = counter.writes();
+    let before = forwarder.writes();
     for _ in 0..100 {
         assert_eq!(node.verify(&key).await["valid"], true);
     }
     // One write per lookup, and a few from background tasks (the change log's poll); a ping
     // before or after each lookup would make it two or three.
-    let writes = counter.writes() - before;
+    let writes = forwarder.writes() - before;
     assert!(
         (100..130).contains(&writes),
         "{writes} writes to PostgreSQL for 100 cache misses"
@@ -554,21 +540,8 @@ async fn mixed_traffic_rides_out_database_outages_and_readyz_tells_the_truth() {
     }
     let upstream = crate::upstream::start().await;
     let db = TestDb::new().await;
-    let (outage, url) = behind_an_outage(&db).await;
-    let node = Node::start(
-        &db,
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("RELAY_UPSTREAM", upstream.base.as_str()),
-        ],
-    );
-    let created = node
-        .post(
-            "/admin/clients",
-            json!({"name": "cached", "rate_limit": 1000000}),
-        )
-        .await;
-    let key = created["api_key"].as_str().unwrap().to_string();
+    let (outage, node, key) =
+        node_behind_a_forwarder(&db, &[("RELAY_UPSTREAM", upstream.base.as_str())]).await;
     assert_eq!(node.verify(&key).await["valid"], true);
     let base = node.server.base.clone();
 
