@@ -19,9 +19,10 @@ const HOURS_ACTIVE: i64 = 30;
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let url = args.next().unwrap_or_else(|| "sqlite://relay.db".into());
-    let client = args
+    let client: std::sync::Arc<str> = args
         .next()
-        .unwrap_or_else(|| "client_0000000000000000".into());
+        .unwrap_or_else(|| "client_0000000000000000".into())
+        .into();
     let others: u32 = args
         .next()
         .map(|n| n.parse())
@@ -52,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     // A cheap, repeatable spread of each client's active hours (no RNG dependency).
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..others {
-        let id = format!("client_{i:016x}");
+        let id: std::sync::Arc<str> = format!("client_{i:016x}").into();
         let mut taken = std::collections::BTreeSet::new();
         while taken.len() < HOURS_ACTIVE.min(hours) as usize {
             state = state
@@ -69,9 +70,7 @@ async fn main() -> anyhow::Result<()> {
             });
         }
     }
-    rows.sort_by(|a, b| {
-        (&a.client_id, a.bucket, &a.endpoint).cmp(&(&b.client_id, b.bucket, &b.endpoint))
-    });
+    rows.sort_by(|a, b| a.key().cmp(&b.key()));
     let total = rows.len();
     for (n, chunk) in rows.chunks(BATCH).enumerate() {
         let batch = UsageBatch {

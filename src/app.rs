@@ -186,12 +186,14 @@ impl Background {
         }
     }
 
-    /// Three loops side by side, so a long write (a flush after a burst from many clients)
-    /// never holds back following the change log, whose promise is a second.
+    /// Four loops side by side, so a long write (a flush after a burst from many clients)
+    /// never holds back following the change log, whose promise is a second, nor the other
+    /// flush.
     async fn run(self, feed: ChangeFeed, stopped: watch::Receiver<bool>) {
         tokio::join!(
             self.follow(feed, stopped.clone()),
-            self.write_uses(stopped.clone()),
+            self.write_last_uses(stopped.clone()),
+            self.write_usage(stopped.clone()),
             self.sweep(stopped),
         );
     }
@@ -217,12 +219,18 @@ impl Background {
         }
     }
 
-    async fn write_uses(&self, mut stopped: watch::Receiver<bool>) {
-        // The first flush waits a whole interval: an immediate first tick, delayed by a busy
-        // start, could write the first uses at an arbitrary moment instead of on the schedule.
+    /// Ticks every flush interval. The first waits a whole interval: an immediate first tick,
+    /// delayed by a busy start, could write the first uses at an arbitrary moment instead of
+    /// on the schedule.
+    fn flush_ticks(&self) -> tokio::time::Interval {
         let first_flush = tokio::time::Instant::now() + self.flush_interval;
         let mut flush = tokio::time::interval_at(first_flush, self.flush_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush
+    }
+
+    async fn write_last_uses(&self, mut stopped: watch::Receiver<bool>) {
+        let mut flush = self.flush_ticks();
         loop {
             tokio::select! {
                 _ = stopped.changed() => return,
@@ -230,6 +238,16 @@ impl Background {
             }
             if let Err(e) = self.last_used.flush(self.store.as_ref()).await {
                 tracing::warn!(error = %e, "could not record last use");
+            }
+        }
+    }
+
+    async fn write_usage(&self, mut stopped: watch::Receiver<bool>) {
+        let mut flush = self.flush_ticks();
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = flush.tick() => {}
             }
             let now = crate::domain::now();
             if let Err(e) = self.meter.flush(self.store.as_ref(), now).await {

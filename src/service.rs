@@ -11,7 +11,7 @@ pub(crate) mod console;
 pub mod credits;
 pub(crate) mod health;
 pub mod keyring;
-pub(crate) mod last_used;
+pub mod last_used;
 pub(crate) mod legacy_key;
 pub mod meter;
 pub(crate) mod token;

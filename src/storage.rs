@@ -308,9 +308,11 @@ impl ClientParts {
         ) {
             (Some(id), Some(hash), Some(expires_at)) => KeyId::parse(&id)
                 .zip(KeyHash::from_hex(&hash))
-                .map(|(key_id, hash)| PreviousKey {
-                    key: StoredKey { key_id, hash },
-                    expires_at,
+                .map(|(key_id, hash)| {
+                    Box::new(PreviousKey {
+                        key: StoredKey { key_id, hash },
+                        expires_at,
+                    })
                 }),
             _ => None,
         };

@@ -53,6 +53,11 @@ impl ClientId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id's text, shared rather than copied.
+    pub fn shared_str(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Debug for ClientId {
@@ -99,7 +104,8 @@ pub struct Client {
     pub last_used_at: Option<DateTime<Utc>>,
     /// `None` for an adopted client whose legacy key has not been replaced yet.
     pub key: Option<StoredKey>,
-    pub previous_key: Option<PreviousKey>,
+    /// Boxed: rare, and a cached client is smaller without it inline (a million are cached).
+    pub previous_key: Option<Box<PreviousKey>>,
     /// Moves on when the client is disabled or its key is regenerated without grace; access
     /// tokens carry the generation they were issued in and die when it moves.
     pub token_generation: i64,
@@ -203,10 +209,10 @@ pub fn regenerate(
 ) -> (Client, Value) {
     let mut new = client.clone();
     new.previous_key = match (client.key, grace_seconds) {
-        (Some(old), 1..) => Some(PreviousKey {
+        (Some(old), 1..) => Some(Box::new(PreviousKey {
             key: old,
             expires_at: now + Duration::seconds(i64::from(grace_seconds)),
-        }),
+        })),
         _ => None,
     };
     new.key = Some(StoredKey {

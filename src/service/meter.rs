@@ -5,7 +5,8 @@
 //! bounded; what does not fit is counted as dropped (a metric and a log line), never silently.
 //! A flush that fails is kept and retried as it was, under its batch id, so it counts once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -27,26 +28,44 @@ pub enum Endpoint<'a> {
     Route(&'a str),
 }
 
-/// The most (client, endpoint, minute) counters held between flushes: about 100 MB at worst,
+/// The most (client, endpoint, minute) counters held between flushes: about 75 MB at worst,
 /// reached only by a million distinct clients within one flush interval.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
+/// Rows a flush writes per transaction (see `UsageBatch::into_parts`): tens of milliseconds of
+/// the database's write lock at a time.
+const ROWS_PER_WRITE: usize = 5_000;
+
 /// One counter's key: the client by row id (no string is hashed or cloned per request),
-/// the endpoint by its index in `Meter::endpoints`, the minute since the Unix epoch.
+/// the endpoint by its index in `Meter::endpoints`, the minute since the Unix epoch (an
+/// `i32` lasts until the year 6053). 24 bytes: a million of them are held at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     client: Option<i64>,
+    minute: i32,
     endpoint: u16,
-    minute: i64,
 }
-
-/// A batch's rows of one bucket size while they are summed: `(client, bucket, endpoint)`.
-type Rows<'a> = BTreeMap<(String, DateTime<Utc>, &'a str), Counters>;
 
 struct Tally {
     /// Cloned once, when the counter is created.
     client_id: Option<ClientId>,
-    counters: Counters,
+    counts: MinuteCounts,
+}
+
+/// Uses by outcome of one client at one endpoint in one minute: they fit in 32 bits (four
+/// billion uses in a minute), half the size of the stored `Counters`.
+#[derive(Debug, Clone, Copy, Default)]
+struct MinuteCounts([u32; 8]);
+
+impl MinuteCounts {
+    fn add(&mut self, outcome: Outcome) {
+        let slot = &mut self.0[outcome as usize];
+        *slot = slot.saturating_add(1);
+    }
+
+    fn widen(self) -> Counters {
+        Counters(self.0.map(u64::from))
+    }
 }
 
 /// Counters metrics of the meter itself.
@@ -59,14 +78,15 @@ pub struct MeterMetrics {
 pub struct Meter {
     enabled: bool,
     /// `verify`, `token`, then the relay routes' prefixes.
-    endpoints: Vec<Box<str>>,
+    endpoints: Vec<Arc<str>>,
     shards: PerThread<HashMap<Key, Tally, foldhash::fast::RandomState>>,
     entries: AtomicUsize,
     capacity: usize,
     dropped_since_flush: AtomicU64,
-    /// The batch whose write failed, retried before anything newer. An async lock: held
-    /// across the write, so two flushes (the timer's, the shutdown's) never interleave.
-    pending: tokio::sync::Mutex<Option<UsageBatch>>,
+    /// Parts of a batch not written yet (a write failed), retried before anything newer. An
+    /// async lock: held across the write, so two flushes (the timer's, the shutdown's) never
+    /// interleave.
+    pending: tokio::sync::Mutex<VecDeque<UsageBatch>>,
     node: String,
     batches: AtomicU64,
     metrics: MeterMetrics,
@@ -83,7 +103,7 @@ impl Meter {
         let endpoints = ["verify".to_string(), "token".to_string()]
             .into_iter()
             .chain(route_prefixes)
-            .map(String::into_boxed_str)
+            .map(Arc::from)
             .collect();
         Ok(Meter {
             enabled,
@@ -92,7 +112,7 @@ impl Meter {
             entries: AtomicUsize::new(0),
             capacity,
             dropped_since_flush: AtomicU64::new(0),
-            pending: tokio::sync::Mutex::new(None),
+            pending: tokio::sync::Mutex::new(VecDeque::new()),
             node: crate::domain::random_hex(8)?,
             batches: AtomicU64::new(0),
             metrics,
@@ -123,14 +143,18 @@ impl Meter {
             self.drop_count();
             return;
         };
+        let Ok(minute) = i32::try_from(at.timestamp().div_euclid(60)) else {
+            self.drop_count();
+            return;
+        };
         let key = Key {
             client: client.map(|c| c.row_id),
+            minute,
             endpoint,
-            minute: at.timestamp().div_euclid(60),
         };
         let counted = self.shards.with(|tallies| {
             if let Some(tally) = tallies.get_mut(&key) {
-                tally.counters.add(outcome, 1);
+                tally.counts.add(outcome);
                 return true;
             }
             if self.entries.fetch_add(1, Ordering::Relaxed) >= self.capacity {
@@ -141,7 +165,11 @@ impl Meter {
                 key,
                 Tally {
                     client_id: client.map(|c| c.client_id.clone()),
-                    counters: Counters::of(outcome),
+                    counts: {
+                        let mut counts = MinuteCounts::default();
+                        counts.add(outcome);
+                        counts
+                    },
                 },
             );
             true
@@ -159,58 +187,62 @@ impl Meter {
     /// Drains every shard into one batch: rows for each bucket size, for each client and for
     /// all clients together, sorted by key.
     pub fn take_batch(&self, now: DateTime<Utc>) -> Result<UsageBatch, Error> {
-        // Keyed by text, not by index: every node then writes in the same order whatever
-        // its route table.
-        let mut tables: BTreeMap<Granularity, Rows<'_>> = BTreeMap::new();
+        // Each counter becomes one minute row; the all-clients rows are summed on the way.
+        let mut minutes = Vec::new();
+        let mut all_clients: HashMap<(i32, u16), Counters> = HashMap::new();
         for tallies in self.shards.take_each() {
             self.entries.fetch_sub(tallies.len(), Ordering::Relaxed);
+            minutes.reserve(tallies.len());
             for (key, tally) in tallies {
-                let minute = DateTime::from_timestamp(key.minute * 60, 0).unwrap_or_default();
-                let endpoint = &*self.endpoints[usize::from(key.endpoint)];
-                let clients = tally
-                    .client_id
-                    .as_ref()
-                    .map(ClientId::as_str)
-                    .into_iter()
-                    .chain([ALL_CLIENTS]);
-                for client in clients {
-                    for granularity in Granularity::ALL {
-                        let row = (client.to_string(), granularity.floor(minute), endpoint);
-                        tables
-                            .entry(granularity)
-                            .or_default()
-                            .entry(row)
-                            .or_default()
-                            .merge(&tally.counters);
-                    }
+                let counters = tally.counts.widen();
+                all_clients
+                    .entry((key.minute, key.endpoint))
+                    .or_default()
+                    .merge(&counters);
+                if let Some(client) = tally.client_id {
+                    minutes.push(self.row(client.shared_str(), key, counters));
                 }
             }
         }
-        let tables = tables
-            .into_iter()
-            .map(|(granularity, rows)| {
-                let rows = rows
-                    .into_iter()
-                    .map(|((client_id, bucket, endpoint), counters)| UsageRow {
-                        client_id,
-                        bucket,
-                        endpoint: endpoint.to_string(),
-                        counters,
-                    })
-                    .collect();
-                (granularity, rows)
-            })
-            .collect();
+        let everyone: Arc<str> = ALL_CLIENTS.into();
+        minutes.extend(
+            all_clients
+                .into_iter()
+                .map(|((minute, endpoint), counters)| {
+                    let key = Key {
+                        client: None,
+                        minute,
+                        endpoint,
+                    };
+                    self.row(everyone.clone(), key, counters)
+                }),
+        );
+        let hours = in_buckets(minutes.clone(), Granularity::Hour);
+        let days = in_buckets(minutes.clone(), Granularity::Day);
+        let minutes = in_buckets(minutes, Granularity::Minute);
         let sequence = self.batches.fetch_add(1, Ordering::Relaxed);
         Ok(UsageBatch {
             id: format!("{}-{sequence}", self.node),
             at: now,
-            tables,
+            tables: vec![
+                (Granularity::Minute, minutes),
+                (Granularity::Hour, hours),
+                (Granularity::Day, days),
+            ],
         })
     }
 
-    /// Writes what was counted. A batch that failed before is written first, as it was; while
-    /// it keeps failing, new counts stay in memory (bounded).
+    fn row(&self, client_id: Arc<str>, key: Key, counters: Counters) -> UsageRow {
+        UsageRow {
+            client_id,
+            bucket: DateTime::from_timestamp(i64::from(key.minute) * 60, 0).unwrap_or_default(),
+            endpoint: self.endpoints[usize::from(key.endpoint)].clone(),
+            counters,
+        }
+    }
+
+    /// Writes what was counted. Parts of a batch that failed before are written first, as they
+    /// were; while they keep failing, new counts stay in memory (bounded).
     pub async fn flush(&self, store: &dyn Store, now: DateTime<Utc>) -> Result<(), Error> {
         let dropped = self.dropped_since_flush.swap(0, Ordering::Relaxed);
         if dropped > 0 {
@@ -221,29 +253,34 @@ impl Meter {
             );
         }
         let mut pending = self.pending.lock().await;
-        if let Some(batch) = pending.as_ref() {
-            self.write(store, batch).await?;
-            *pending = None;
-        }
+        self.write_parts(store, &mut pending).await?;
         let batch = self.take_batch(now)?;
         if batch.is_empty() {
             return Ok(());
         }
+        let rows = batch.rows();
+        pending.extend(batch.into_parts(ROWS_PER_WRITE));
         let started = std::time::Instant::now();
-        let written = self.write(store, &batch).await;
+        self.write_parts(store, &mut pending).await?;
         tracing::debug!(
-            rows = batch
-                .tables
-                .iter()
-                .map(|(_, rows)| rows.len())
-                .sum::<usize>(),
+            rows,
             seconds = started.elapsed().as_secs_f64(),
             "usage batch written"
         );
-        if written.is_err() {
-            *pending = Some(batch);
+        Ok(())
+    }
+
+    /// Writes the parts in order, each dropped once written; stops at the first failure.
+    async fn write_parts(
+        &self,
+        store: &dyn Store,
+        parts: &mut VecDeque<UsageBatch>,
+    ) -> Result<(), Error> {
+        while let Some(part) = parts.front() {
+            self.write(store, part).await?;
+            parts.pop_front();
         }
-        written
+        Ok(())
     }
 
     async fn write(&self, store: &dyn Store, batch: &UsageBatch) -> Result<(), Error> {
@@ -255,6 +292,23 @@ impl Meter {
             }
         }
     }
+}
+
+/// `rows` moved into buckets of `granularity`, sorted by key, each key once. Sorted by text,
+/// not by index: every node then writes in the same order whatever its route table.
+fn in_buckets(mut rows: Vec<UsageRow>, granularity: Granularity) -> Vec<UsageRow> {
+    for row in &mut rows {
+        row.bucket = granularity.floor(row.bucket);
+    }
+    rows.sort_unstable_by(|a, b| a.key().cmp(&b.key()));
+    rows.dedup_by(|later, kept| {
+        let same = later.key() == kept.key();
+        if same {
+            kept.counters.merge(&later.counters);
+        }
+        same
+    });
+    rows
 }
 
 #[cfg(test)]
@@ -313,7 +367,7 @@ mod tests {
         let minute = rows(&batch, Granularity::Minute);
         let keys: Vec<_> = minute
             .iter()
-            .map(|r| (r.client_id.as_str(), r.endpoint.as_str()))
+            .map(|r| (&*r.client_id, &*r.endpoint))
             .collect();
         let (ida, idb) = (a.client_id.as_str(), b.client_id.as_str());
         let mut expected = vec![
@@ -331,7 +385,7 @@ mod tests {
         let of = |client: &str, endpoint: &str| {
             minute
                 .iter()
-                .find(|r| r.client_id == client && r.endpoint == endpoint)
+                .find(|r| &*r.client_id == client && &*r.endpoint == endpoint)
                 .unwrap()
                 .counters
         };
@@ -372,7 +426,7 @@ mod tests {
         let of_client = |g| -> Vec<u64> {
             rows(&batch, g)
                 .iter()
-                .filter(|r| r.client_id == a.client_id.as_str())
+                .filter(|r| &*r.client_id == a.client_id.as_str())
                 .map(|r| r.counters.get(Outcome::Allowed))
                 .collect()
         };
@@ -393,7 +447,7 @@ mod tests {
         let batch = meter.take_batch(t).unwrap();
         let all = rows(&batch, Granularity::Minute)
             .iter()
-            .find(|r| r.client_id == ALL_CLIENTS)
+            .find(|r| &*r.client_id == ALL_CLIENTS)
             .unwrap();
         assert_eq!(
             all.counters.get(Outcome::Allowed),

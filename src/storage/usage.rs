@@ -4,6 +4,8 @@
 //! adds its deltas with one upsert per table, in key order, so any number of nodes write at
 //! once without losing a count or deadlocking; its batch id makes a retried flush count once.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::Error;
@@ -12,14 +14,22 @@ use crate::domain::usage::{BucketRange, Counters, Granularity, Outcome};
 /// The `client_id` of the rows that sum every use: no client id has this shape.
 pub const ALL_CLIENTS: &str = "*";
 
-/// One row's deltas.
+/// One row's deltas. The texts are shared: a batch from a million clients holds each client
+/// id and endpoint once, however many rows name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {
     /// A client's id, or `ALL_CLIENTS`.
-    pub client_id: String,
+    pub client_id: Arc<str>,
     pub bucket: DateTime<Utc>,
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     pub counters: Counters,
+}
+
+impl UsageRow {
+    /// What a table is keyed and a batch sorted by.
+    pub fn key(&self) -> (&str, DateTime<Utc>, &str) {
+        (&self.client_id, self.bucket, &self.endpoint)
+    }
 }
 
 /// What one flush writes: for each bucket size, rows sorted by `(client_id, bucket,
@@ -36,6 +46,38 @@ pub struct UsageBatch {
 impl UsageBatch {
     pub fn is_empty(&self) -> bool {
         self.tables.iter().all(|(_, rows)| rows.is_empty())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tables.iter().map(|(_, rows)| rows.len()).sum()
+    }
+
+    /// The batch cut into parts of at most `rows` rows, in order, each with an id of its own:
+    /// each part is one transaction, so a flush from a million clients holds the database's
+    /// write lock for moments rather than seconds, and a retry repeats only unwritten parts.
+    pub fn into_parts(self, rows: usize) -> Vec<UsageBatch> {
+        let rows = rows.max(1);
+        let mut parts: Vec<UsageBatch> = Vec::new();
+        let mut room = 0;
+        for (granularity, table) in self.tables {
+            let mut table = table.into_iter().peekable();
+            while table.peek().is_some() {
+                if room == 0 {
+                    parts.push(UsageBatch {
+                        id: format!("{}.{}", self.id, parts.len()),
+                        at: self.at,
+                        tables: Vec::new(),
+                    });
+                    room = rows;
+                }
+                let taken: Vec<UsageRow> = table.by_ref().take(room).collect();
+                room -= taken.len();
+                if let Some(part) = parts.last_mut() {
+                    part.tables.push((granularity, taken));
+                }
+            }
+        }
+        parts
     }
 }
 
@@ -231,4 +273,45 @@ where
 /// A counter as a column value (counts never reach `i64::MAX`; saturate if one did).
 pub(super) fn column_value(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(client: &str, minute: i64) -> UsageRow {
+        UsageRow {
+            client_id: client.into(),
+            bucket: DateTime::from_timestamp(minute * 60, 0).unwrap(),
+            endpoint: "verify".into(),
+            counters: Counters::of(Outcome::Allowed),
+        }
+    }
+
+    #[test]
+    fn parts_hold_every_row_once_in_order_under_ids_of_their_own() {
+        let minutes: Vec<UsageRow> = (0..7).map(|m| row("a", m)).collect();
+        let hours = vec![row("a", 0), row("b", 0)];
+        let batch = UsageBatch {
+            id: "node-3".into(),
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+            tables: vec![(Granularity::Minute, minutes), (Granularity::Hour, hours)],
+        };
+        let parts = batch.clone().into_parts(4);
+        let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["node-3.0", "node-3.1", "node-3.2"]);
+        assert_eq!(
+            parts.iter().map(UsageBatch::rows).collect::<Vec<_>>(),
+            [4, 4, 1]
+        );
+        let mut joined: Vec<(Granularity, Vec<UsageRow>)> = Vec::new();
+        for (granularity, rows) in parts.into_iter().flat_map(|p| p.tables) {
+            match joined.last_mut() {
+                Some((g, kept)) if *g == granularity => kept.extend(rows),
+                _ => joined.push((granularity, rows)),
+            }
+        }
+        assert_eq!(joined, batch.tables, "the rows, in order, each once");
+        assert!(batch.into_parts(100).len() == 1);
+    }
 }

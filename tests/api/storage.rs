@@ -6,6 +6,7 @@ use egregore_relay::domain::api_key;
 use egregore_relay::domain::audit::{Action, Actor, NewAuditEvent};
 use egregore_relay::domain::client::{self, Client, ClientDraft, ClientId, NewClient};
 use egregore_relay::domain::now;
+use egregore_relay::service::last_used::LastUse;
 use egregore_relay::storage::{AuditQuery, ClientCursor, ClientQuery, Store};
 use serde_json::json;
 
@@ -252,23 +253,23 @@ async fn last_used_never_moves_backwards() {
 }
 
 #[tokio::test]
-async fn last_uses_of_more_clients_than_one_statement_holds_are_all_written() {
+async fn last_uses_of_more_clients_than_one_write_holds_are_all_written() {
     let db = TestDb::new().await;
     let store = db.open().await;
+    // More than one transaction's worth (2 000 clients), so more than one statement's (500).
     let mut clients = Vec::new();
-    for i in 0..1201 {
+    for i in 0..2001 {
         clients.push(insert(store.as_ref(), &format!("lu{i}"), &[]).await.0);
     }
     // Each client its own time, so a time written to the wrong client would show.
     let base = now() - Duration::hours(1);
     let at = |i: usize| base + Duration::seconds(i as i64);
-    let mut uses: Vec<(ClientId, _)> = clients
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.client_id.clone(), at(i)))
-        .collect();
-    uses.push((ClientId::new("client_gone"), base));
-    store.record_last_used(&uses).await.unwrap();
+    let last_use = LastUse::default();
+    for (i, c) in clients.iter().enumerate() {
+        last_use.record(&c.client_id, at(i));
+    }
+    last_use.record(&ClientId::new("client_gone"), base);
+    last_use.flush(store.as_ref()).await.unwrap();
     for (i, c) in clients.iter().enumerate() {
         let read = store.client(&c.client_id).await.unwrap().unwrap();
         assert_eq!(read.last_used_at, Some(at(i)), "{}", c.name);

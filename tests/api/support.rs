@@ -90,6 +90,24 @@ impl TestDb {
             conn.close().await.unwrap();
         }
     }
+
+    /// The one integer a query answers, read directly.
+    pub async fn scalar(&self, query: &str) -> i64 {
+        use sqlx::Connection;
+        if self.url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(query)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(query)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
 }
 
 impl Drop for TestDb {

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use egregore_relay::config::ServeConfig;
+use egregore_relay::domain::client::{Client, ClientDraft, ClientId, NewClient};
 use egregore_relay::domain::usage::{Counters, Granularity, Outcome, retention_cutoffs};
+use egregore_relay::service::meter::{Endpoint, Meter, MeterMetrics};
 use egregore_relay::storage::usage::{SeriesQuery, UsageBatch, UsageRow};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -591,7 +593,7 @@ async fn three_nodes_on_one_database_count_every_use_once() {
 /// Minute, hour and day rows for one client at `bucket`, one allowed use each.
 fn batch_at(client: &str, times: &[(Granularity, DateTime<Utc>)]) -> UsageBatch {
     let row = |bucket| UsageRow {
-        client_id: client.to_string(),
+        client_id: client.into(),
         bucket,
         endpoint: "verify".into(),
         counters: Counters::of(Outcome::Allowed),
@@ -677,7 +679,7 @@ async fn a_batch_from_more_clients_than_one_statement_holds_is_written_whole() {
             counters.add(Outcome::Allowed, i as u64 + 1);
             counters.add(Outcome::Invalid, 2);
             UsageRow {
-                client_id: id.clone(),
+                client_id: id.as_str().into(),
                 bucket: minute,
                 endpoint: "verify".into(),
                 counters,
@@ -703,6 +705,71 @@ async fn a_batch_from_more_clients_than_one_statement_holds_is_written_whole() {
         assert_eq!((client, *bucket), (&ids[i], minute));
         assert_eq!(counters.get(Outcome::Allowed), i as u64 + 1, "{client}");
         assert_eq!(counters.get(Outcome::Invalid), 2, "{client}");
+    }
+}
+
+#[tokio::test]
+async fn a_flush_larger_than_one_write_counts_every_client_once() {
+    let db = TestDb::new().await;
+    let store = db.open().await;
+    let meter = Meter::new(true, [], 10_000, MeterMetrics::default()).unwrap();
+    let at: DateTime<Utc> = Utc::now();
+    // 2 100 clients give 6 303 rows (minute, hour and day, and all clients'): two writes.
+    let clients: Vec<Client> = (0..2100)
+        .map(|i| {
+            let now = Utc::now();
+            let draft = ClientDraft {
+                name: format!("m{i}"),
+                ..ClientDraft::default()
+            };
+            let key = egregore_relay::domain::api_key::generate().unwrap();
+            let mut client = NewClient::validate(draft, now).unwrap().into_client(
+                ClientId::generate().unwrap(),
+                &key,
+                now,
+            );
+            client.row_id = i + 1;
+            client
+        })
+        .collect();
+    // Each client its own count, so a count written to the wrong client would show.
+    for (i, client) in clients.iter().enumerate() {
+        for _ in 0..=i % 3 {
+            meter.count(Some(client), Endpoint::Verify, Outcome::Allowed, at);
+        }
+    }
+    meter.flush(store.as_ref(), at).await.unwrap();
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM usage_batches").await,
+        2,
+        "written in two transactions, each under its own batch id"
+    );
+    let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
+    for granularity in Granularity::ALL {
+        let start = granularity.floor(at);
+        let range = egregore_relay::domain::usage::BucketRange {
+            start,
+            end: start + chrono::Duration::seconds(granularity.seconds()),
+            granularity,
+        };
+        let read = store.usage_series_of_clients(&ids, range).await.unwrap();
+        assert_eq!(read.len(), clients.len(), "{granularity:?}");
+        for (client, _, counters) in read {
+            let i = ids.iter().position(|id| *id == client).unwrap();
+            assert_eq!(
+                counters.get(Outcome::Allowed),
+                (i % 3 + 1) as u64,
+                "{client}"
+            );
+        }
+        let everyone = SeriesQuery {
+            client_id: "*",
+            endpoint: None,
+            range,
+        };
+        let all = store.usage_series(&everyone).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1.get(Outcome::Allowed), 4200, "{granularity:?}");
     }
 }
 

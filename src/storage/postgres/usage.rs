@@ -204,13 +204,9 @@ impl PostgresStore {
                  $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])",
             );
             let mut query = sqlx::query(&sql)
-                .bind(
-                    rows.iter()
-                        .map(|r| r.client_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
+                .bind(rows.iter().map(|r| &*r.client_id).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| r.bucket).collect::<Vec<_>>())
-                .bind(rows.iter().map(|r| r.endpoint.as_str()).collect::<Vec<_>>());
+                .bind(rows.iter().map(|r| &*r.endpoint).collect::<Vec<_>>());
             for column in 0..8 {
                 query = query.bind(counter_column(rows, column));
             }

@@ -45,9 +45,9 @@ impl UsageStore for SqliteStore {
                 let mut query = sqlx::query(&sql);
                 for row in chunk {
                     query = query
-                        .bind(row.client_id.as_str())
+                        .bind(&*row.client_id)
                         .bind(micros(row.bucket))
-                        .bind(row.endpoint.as_str());
+                        .bind(&*row.endpoint);
                     for n in row.counters.0 {
                         query = query.bind(column_value(n));
                     }
