@@ -142,7 +142,7 @@ pub async fn serve(
     if let Err(e) = background.await {
         tracing::error!(error = %e, "background task failed");
     }
-    if let Err(e) = last_used.flush(store.as_ref()).await {
+    if let Err(e) = last_used.flush(store.as_ref(), None).await {
         tracing::error!(error = %e, "could not record last use at shutdown");
     }
     if let Err(e) = meter.flush(store.as_ref(), crate::domain::now()).await {
@@ -186,14 +186,12 @@ impl Background {
         }
     }
 
-    /// Four loops side by side, so a long write (a flush after a burst from many clients)
-    /// never holds back following the change log, whose promise is a second, nor the other
-    /// flush.
+    /// Three loops side by side, so a long write (a flush after a burst from many clients)
+    /// never holds back following the change log, whose promise is a second.
     async fn run(self, feed: ChangeFeed, stopped: watch::Receiver<bool>) {
         tokio::join!(
             self.follow(feed, stopped.clone()),
-            self.write_last_uses(stopped.clone()),
-            self.write_usage(stopped.clone()),
+            self.write_uses(stopped.clone()),
             self.sweep(stopped),
         );
     }
@@ -219,39 +217,29 @@ impl Background {
         }
     }
 
-    /// Ticks every flush interval. The first waits a whole interval: an immediate first tick,
-    /// delayed by a busy start, could write the first uses at an arbitrary moment instead of
-    /// on the schedule.
-    fn flush_ticks(&self) -> tokio::time::Interval {
+    /// Usage counts first, then last uses in what is left of the interval: when the database
+    /// cannot keep up with both, last uses lag and no count is lost.
+    async fn write_uses(&self, mut stopped: watch::Receiver<bool>) {
+        // The first flush waits a whole interval: an immediate first tick, delayed by a busy
+        // start, could write the first uses at an arbitrary moment instead of on the schedule.
         let first_flush = tokio::time::Instant::now() + self.flush_interval;
         let mut flush = tokio::time::interval_at(first_flush, self.flush_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        flush
-    }
-
-    async fn write_last_uses(&self, mut stopped: watch::Receiver<bool>) {
-        let mut flush = self.flush_ticks();
         loop {
             tokio::select! {
                 _ = stopped.changed() => return,
                 _ = flush.tick() => {}
             }
-            if let Err(e) = self.last_used.flush(self.store.as_ref()).await {
-                tracing::warn!(error = %e, "could not record last use");
-            }
-        }
-    }
-
-    async fn write_usage(&self, mut stopped: watch::Receiver<bool>) {
-        let mut flush = self.flush_ticks();
-        loop {
-            tokio::select! {
-                _ = stopped.changed() => return,
-                _ = flush.tick() => {}
-            }
-            let now = crate::domain::now();
-            if let Err(e) = self.meter.flush(self.store.as_ref(), now).await {
+            let until = std::time::Instant::now() + self.flush_interval;
+            if let Err(e) = self
+                .meter
+                .flush(self.store.as_ref(), crate::domain::now())
+                .await
+            {
                 tracing::warn!(error = %e, "could not write the usage counts; kept for the next flush");
+            }
+            if let Err(e) = self.last_used.flush(self.store.as_ref(), Some(until)).await {
+                tracing::warn!(error = %e, "could not record last use");
             }
         }
     }

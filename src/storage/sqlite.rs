@@ -6,7 +6,9 @@ mod console;
 mod credits;
 mod usage;
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,6 +36,40 @@ const CLIENT_COLUMNS: &str = "id, client_id, api_key_hash, name, scopes, rate_li
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This process's writers queue here, in arrival order, before taking SQLite's one write
+    /// lock: its busy handler is not fair, so a flush writing part after part could otherwise
+    /// keep an admin's write waiting for seconds.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction, with its turn in the writers' queue (given back when it ends).
+struct WriteTx {
+    tx: Transaction<'static, sqlx::Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = Transaction<'static, sqlx::Sqlite>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 impl SqliteStore {
@@ -63,11 +99,16 @@ impl SqliteStore {
             .before_acquire(super::ping_if_idle)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::default(),
+        })
     }
 
-    async fn write_tx(&self) -> Result<Transaction<'static, sqlx::Sqlite>, Error> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write_tx(&self) -> Result<WriteTx, Error> {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 }
 
@@ -232,7 +273,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<Client>, Error> {
         let mut tx = self.write_tx().await?;
         let found: Option<i64> = sqlx::query_scalar(ADMIN_EXISTS)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if found.is_some() {
             return Ok(None);
@@ -317,7 +358,7 @@ impl Store for SqliteStore {
         .bind(policy.credits_period.map(micros))
         .bind(policy.credits_generation)
         .bind(json_text(&policy.allowed_networks))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
@@ -335,7 +376,7 @@ impl Store for SqliteStore {
         };
         sqlx::query("DELETE FROM api_clients WHERE id = $1")
             .bind(old.row_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         insert_audit(&mut tx, &audit(&old)).await?;
         tx.commit().await?;
@@ -382,7 +423,7 @@ impl Store for SqliteStore {
             for (id, at) in chunk {
                 query = query.bind(id.as_str()).bind(micros(*at));
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -449,7 +490,7 @@ impl Store for SqliteStore {
         digest: &KeyHash,
         matched_hash: &str,
     ) -> Result<Option<Client>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // A digest left on another row whose hash has changed since no longer means anything.
         sqlx::query(
             "UPDATE api_clients SET legacy_key_digest = NULL, legacy_key_digest_of = NULL \
@@ -457,7 +498,7 @@ impl Store for SqliteStore {
         )
         .bind(digest.to_hex())
         .bind(id.as_str())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let sql = format!(
             "UPDATE api_clients SET legacy_key_digest = $1, legacy_key_digest_of = $2 \
@@ -469,7 +510,7 @@ impl Store for SqliteStore {
             .bind(matched_hash)
             .bind(id.as_str())
             .bind(matched_hash)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         tx.commit().await?;
         Ok(row.map(ClientRow::into_client))
@@ -503,7 +544,7 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
         if current.is_some() {
             return Ok(false);
@@ -522,11 +563,11 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
             .bind(micros(key.created_at))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query("DELETE FROM signing_keys WHERE retired_at < $1")
             .bind(micros(forget_retired_before))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         insert_signing_key(&mut tx, key).await?;
         insert_audit(&mut tx, audit).await?;

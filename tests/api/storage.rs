@@ -253,7 +253,7 @@ async fn last_used_never_moves_backwards() {
 }
 
 #[tokio::test]
-async fn last_uses_of_more_clients_than_one_write_holds_are_all_written() {
+async fn last_uses_are_written_a_part_at_a_time_and_a_flush_out_of_time_resumes_where_it_stopped() {
     let db = TestDb::new().await;
     let store = db.open().await;
     // More than one transaction's worth (2 000 clients), so more than one statement's (500).
@@ -269,11 +269,28 @@ async fn last_uses_of_more_clients_than_one_write_holds_are_all_written() {
         last_use.record(&c.client_id, at(i));
     }
     last_use.record(&ClientId::new("client_gone"), base);
-    last_use.flush(store.as_ref()).await.unwrap();
-    for (i, c) in clients.iter().enumerate() {
-        let read = store.client(&c.client_id).await.unwrap().unwrap();
-        assert_eq!(read.last_used_at, Some(at(i)), "{}", c.name);
-    }
+    let written = || async {
+        let mut written = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            let read = store.client(&c.client_id).await.unwrap().unwrap();
+            if let Some(t) = read.last_used_at {
+                assert_eq!(t, at(i), "{}", c.name);
+                written.push(c.client_id.clone());
+            }
+        }
+        written
+    };
+    // Out of time from the start: one part is written, in id order, the rest kept.
+    let past = Some(std::time::Instant::now());
+    last_use.flush(store.as_ref(), past).await.unwrap();
+    let mut ids: Vec<ClientId> = clients.iter().map(|c| c.client_id.clone()).collect();
+    ids.sort();
+    let first_part = written().await;
+    assert_eq!(first_part.len(), 2000);
+    assert!(!first_part.contains(&ids[2000]), "the highest id waits");
+    // The next flush starts where that one stopped, so the one left waits no longer.
+    last_use.flush(store.as_ref(), past).await.unwrap();
+    assert_eq!(written().await.len(), 2001);
 }
 
 #[tokio::test]

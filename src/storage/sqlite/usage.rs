@@ -28,7 +28,7 @@ impl UsageStore for SqliteStore {
         let fresh = sqlx::query(CLAIM_BATCH)
             .bind(&batch.id)
             .bind(micros(batch.at))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected()
             == 1;
@@ -52,7 +52,7 @@ impl UsageStore for SqliteStore {
                         query = query.bind(column_value(n));
                     }
                 }
-                query.execute(&mut *tx).await?;
+                query.execute(&mut **tx).await?;
             }
         }
         tx.commit().await?;
