@@ -4,7 +4,7 @@
 # Compared with the same test with BASELINE clients: throughput and p99 ratios, the server's
 # RSS with every client cached (and the same with usage analytics off), its startup time with
 # CLIENTS clients in the database, and the share of cache hits with the default cache
-# (100 000 keys, 30 s).
+# (100 000 keys, 30 s); and how long an admin's write (one every 0.5 s) waits meanwhile.
 #
 #   bench/live_clients.sh       CLIENTS=1000000 BASELINE=1000 DURATION=10 CONNECTIONS=64
 #
@@ -49,6 +49,21 @@ run() {  # port keys mode seconds -> "rps p50 p99 non2xx"
 # page cache, shared, and given back under pressure).
 rss() { awk '/RssAnon/ {a = $2} /RssFile/ {f = $2} END {printf "%.0f MB + %.0f MB", a / 1024, f / 1024}' "/proc/$1/status"; }
 
+# Admin creates, one every 0.5 s until killed, each "status seconds" on a line of $work/admin:
+# how long an operator's write waits behind the flushes of that many clients' uses.
+admin_writes() {  # port
+  for i in $(seq 1 100000); do
+    curl -s -o /dev/null -w "%{http_code} %{time_total}\n" -X POST "localhost:$1/admin/clients" \
+      -H "Authorization: Bearer $RELAY_ADMIN_TOKEN" -H 'content-type: application/json' \
+      -d "{\"name\":\"probe$i\"}"
+    sleep 0.5
+  done
+}
+# "slowest" seconds, with the count of answers other than 201 if there were any.
+admin_summary() {
+  awk '{if ($2 > m) m = $2; if ($1 != 201) bad++} END {printf "%.0f ms%s", m * 1000, (bad ? " (" bad " not 201)" : "")}' "$work/admin"
+}
+
 # Every key cached: room for all, and entries that outlive the run (the change log still
 # evicts a changed client within a second). Appends a row; `label` names the case.
 all_cached() {  # clients label [VAR=value...]
@@ -57,12 +72,14 @@ all_cached() {  # clients label [VAR=value...]
   local pid=${pids[-1]} misses rps p50 p99 bad
   run 9120 "$work/keys-$n" walk $((n / 20000 + 5)) >/dev/null
   misses=$(metric 9120 relay_key_cache_misses_total)
+  admin_writes 9120 >"$work/admin" & local admin=$!
   read -r rps p50 p99 bad <<<"$(run 9120 "$work/keys-$n" random "$DURATION")"
+  kill "$admin"; wait "$admin" 2>/dev/null || true
   misses=$(python3 -c "print($(metric 9120 relay_key_cache_misses_total) - $misses)")
   # Uses the usage counters could not hold because flushes fell behind (0 when they keep up).
   dropped=$(metric 9120 relay_usage_counts_dropped_total)
-  rows+=("$n|$label|$rps|$p50|$p99|$bad|$(rss "$pid")|$startup|$dropped")
-  echo "$n clients, $label: $rps req/s p99 $p99, memory $(rss "$pid"), startup $startup s, misses while measured $misses, uses not counted $dropped" >&2
+  rows+=("$n|$label|$rps|$p50|$p99|$bad|$(rss "$pid")|$startup|$dropped|$(admin_summary)")
+  echo "$n clients, $label: $rps req/s p99 $p99, memory $(rss "$pid"), startup $startup s, misses while measured $misses, uses not counted $dropped, slowest admin write $(admin_summary)" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -84,11 +101,11 @@ rows+=("$CLIENTS|default cache, $share hits|$rps|$p50|$p99|$bad|$(rss "$pid")||$
 
 base_rps=$(cut -d'|' -f3 <<<"${rows[0]}"); base_p99=$(cut -d'|' -f5 <<<"${rows[0]}")
 ms() { python3 -c "v='$1'; print(float(v[:-2]) if v.endswith('ms') else float(v[:-2]) / 1000 if v.endswith('us') else float(v[:-1]) * 1000)"; }
-echo "| clients | cache | req/s | p50 | p99 | non-2xx | throughput of $BASELINE | p99 of $BASELINE | server memory + mapped file | startup | uses not counted |"
-echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| clients | cache | req/s | p50 | p99 | non-2xx | throughput of $BASELINE | p99 of $BASELINE | server memory + mapped file | startup | uses not counted | slowest admin write |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${rows[@]}"; do
-  IFS='|' read -r n cache rps p50 p99 bad mb startup dropped <<<"$r"
+  IFS='|' read -r n cache rps p50 p99 bad mb startup dropped admin <<<"$r"
   ratio=$(python3 -c "print(f'{$rps/$base_rps:.2f}')")
   p99_ratio=$(python3 -c "print(f'{$(ms "$p99")/$(ms "$base_p99"):.2f}')")
-  echo "| $n | $cache | $rps | $p50 | $p99 | $bad | $ratio | $p99_ratio | $mb | ${startup:+$startup s} | $dropped |"
+  echo "| $n | $cache | $rps | $p50 | $p99 | $bad | $ratio | $p99_ratio | $mb | ${startup:+$startup s} | $dropped | $admin |"
 done
