@@ -3,7 +3,8 @@
 //! (an uncontended mutex), and a flush every few seconds drains the shards into one batch of
 //! deltas for the minute, hour and day tables (see `storage::usage`). The counts in memory are
 //! bounded; what does not fit is counted as dropped (a metric and a log line), never silently.
-//! A flush that fails is kept and retried as it was, under its batch id, so it counts once.
+//! A flush is written in parts, each its own transaction under its own batch id; a part that
+//! fails is kept and retried as it was, so it counts once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -58,6 +59,12 @@ struct Tally {
 struct MinuteCounts([u32; 8]);
 
 impl MinuteCounts {
+    fn of(outcome: Outcome) -> Self {
+        let mut counts = MinuteCounts::default();
+        counts.add(outcome);
+        counts
+    }
+
     fn add(&mut self, outcome: Outcome) {
         let slot = &mut self.0[outcome as usize];
         *slot = slot.saturating_add(1);
@@ -165,11 +172,7 @@ impl Meter {
                 key,
                 Tally {
                     client_id: client.map(|c| c.client_id.clone()),
-                    counts: {
-                        let mut counts = MinuteCounts::default();
-                        counts.add(outcome);
-                        counts
-                    },
+                    counts: MinuteCounts::of(outcome),
                 },
             );
             true
@@ -200,7 +203,8 @@ impl Meter {
                     .or_default()
                     .merge(&counters);
                 if let Some(client) = tally.client_id {
-                    minutes.push(self.row(client.shared_str(), key, counters));
+                    let row = self.row(client.shared_str(), key.minute, key.endpoint, counters);
+                    minutes.push(row);
                 }
             }
         }
@@ -209,12 +213,7 @@ impl Meter {
             all_clients
                 .into_iter()
                 .map(|((minute, endpoint), counters)| {
-                    let key = Key {
-                        client: None,
-                        minute,
-                        endpoint,
-                    };
-                    self.row(everyone.clone(), key, counters)
+                    self.row(everyone.clone(), minute, endpoint, counters)
                 }),
         );
         let hours = in_buckets(minutes.clone(), Granularity::Hour);
@@ -232,11 +231,11 @@ impl Meter {
         })
     }
 
-    fn row(&self, client_id: Arc<str>, key: Key, counters: Counters) -> UsageRow {
+    fn row(&self, client_id: Arc<str>, minute: i32, endpoint: u16, counters: Counters) -> UsageRow {
         UsageRow {
             client_id,
-            bucket: DateTime::from_timestamp(i64::from(key.minute) * 60, 0).unwrap_or_default(),
-            endpoint: self.endpoints[usize::from(key.endpoint)].clone(),
+            bucket: DateTime::from_timestamp(i64::from(minute) * 60, 0).unwrap_or_default(),
+            endpoint: self.endpoints[usize::from(endpoint)].clone(),
             counters,
         }
     }
