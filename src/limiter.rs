@@ -248,7 +248,7 @@ impl RateLimiter for RedisRateLimiter {
 /// GCRA theoretical arrival times, one per key, behind one lock held for a few nanoseconds
 /// (never across an await), which is what makes concurrent decisions exact.
 struct Buckets<K> {
-    tats: Mutex<HashMap<K, i64, foldhash::fast::RandomState>>,
+    tats: Mutex<foldhash::HashMap<K, i64>>,
 }
 
 impl<K> Default for Buckets<K> {

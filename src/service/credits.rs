@@ -14,7 +14,6 @@
 //! - a take and the lease it fills run in a task of their own, so a request given up midway
 //!   loses no credits.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
@@ -63,7 +62,7 @@ type Entry = Arc<tokio::sync::Mutex<Lease>>;
 pub struct CreditLeases {
     store: Arc<dyn Store>,
     /// By client row id; sharded so that clients' requests do not meet on one lock.
-    shards: Box<[Mutex<HashMap<i64, Entry, foldhash::fast::RandomState>>]>,
+    shards: Box<[Mutex<foldhash::HashMap<i64, Entry>>]>,
 }
 
 /// How many credits to lease when `balance` is left: an eighth, so that a few nodes share
@@ -78,7 +77,7 @@ impl CreditLeases {
         CreditLeases { store, shards }
     }
 
-    fn shard(&self, row_id: i64) -> &Mutex<HashMap<i64, Entry, foldhash::fast::RandomState>> {
+    fn shard(&self, row_id: i64) -> &Mutex<foldhash::HashMap<i64, Entry>> {
         let n = usize::try_from(row_id.rem_euclid(64)).unwrap_or(0);
         &self.shards[n % self.shards.len()]
     }

@@ -4,7 +4,6 @@
 //! uses lag rather than usage counts being lost: they are written after the counts, in what
 //! is left of the interval.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,7 +18,7 @@ use crate::storage::Store;
 /// clients holds the database's write lock for moments rather than seconds.
 const CLIENTS_PER_WRITE: usize = 2_000;
 
-type Uses = HashMap<ClientId, DateTime<Utc>, foldhash::fast::RandomState>;
+type Uses = foldhash::HashMap<ClientId, DateTime<Utc>>;
 
 #[derive(Clone, Default)]
 pub struct LastUse {

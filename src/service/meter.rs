@@ -86,7 +86,7 @@ pub struct Meter {
     enabled: bool,
     /// `verify`, `token`, then the relay routes' prefixes.
     endpoints: Vec<Arc<str>>,
-    shards: PerThread<HashMap<Key, Tally, foldhash::fast::RandomState>>,
+    shards: PerThread<foldhash::HashMap<Key, Tally>>,
     entries: AtomicUsize,
     capacity: usize,
     dropped_since_flush: AtomicU64,

@@ -1,8 +1,9 @@
 //! Usage counts as stored: one table per bucket size (`usage_minute`, `usage_hour`,
 //! `usage_day`), a row per client, bucket and endpoint with a column per outcome, plus rows
 //! under `ALL_CLIENTS` that hold every use together (those naming no client included). A flush
-//! adds its deltas with one upsert per table, in key order, so any number of nodes write at
-//! once without losing a count or deadlocking; its batch id makes a retried flush count once.
+//! adds its deltas in parts (`UsageBatch::into_parts`), each one transaction of upserts in key
+//! order, so any number of nodes write at once without losing a count or deadlocking; each
+//! part's batch id makes a retried part count once.
 
 use std::sync::Arc;
 
